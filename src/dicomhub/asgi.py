@@ -1,0 +1,18 @@
+"""ASGI entry point for process managers: ``uvicorn --factory dicomhub.asgi:create``.
+
+Settings come from ``DICOMHUB_*`` variables and ``DICOMHUB_CONFIG``.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from dicomhub.config import load_settings
+from dicomhub.context import build_context
+from dicomhub.dicomweb.app import create_app
+
+
+def create() -> FastAPI:
+    """Build the app from the environment (used by ``dicomhub serve --workers N``)."""
+    settings = load_settings()
+    return create_app(build_context(settings, migrate=False))

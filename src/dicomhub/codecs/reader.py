@@ -1,0 +1,332 @@
+"""Reading and validating received DICOM Part 10 files at ingest (PS3.10 §7, PS3.5 §7).
+
+One pass produces everything the index needs: the UIDs, the values of the index columns
+(:mod:`dicomhub.core.attributes`), the full DICOM JSON metadata (PS3.18 Annex F) with
+bulk data replaced by BulkDataURIs, and the offset of the Pixel Data value.  A file that
+is not DICOM, has no File Meta Information, is truncated, or lacks the identifying UIDs
+raises :class:`~dicomhub.core.errors.StoreFailure` with the PS3.4 B.2.3 failure reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import warnings
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from dicomhub.core.attributes import ATTRIBUTES
+from dicomhub.core.errors import StoreFailure
+from dicomhub.core.model import BULK_BASE, ParsedInstance, Status
+
+log = logging.getLogger(__name__)
+
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+DEFLATED = ("1.2.840.10008.1.2.1.99",)
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
+_UNDEFINED = 0xFFFFFFFF
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _walk(
+    fp: BinaryIO, end: int, little: bool, explicit: bool, depth: int = 0
+) -> tuple[int, int] | None:
+    """Walk elements from the current position to ``end`` or a delimiter, checking lengths.
+
+    Returns ``(tag, value offset)`` of top-level Pixel Data (any of the three pixel tags).
+    Raises :class:`_Truncated` when a header or value runs past the end of the file.
+    PS3.5 §7.1 (element encoding) and §7.5 (nesting of items and sequences).
+    """
+    order = "<" if little else ">"
+    pixel: tuple[int, int] | None = None
+    while True:
+        pos = fp.tell()
+        if pos == end:
+            if depth:
+                raise _Truncated("sequence or item without delimiter")
+            return pixel
+        head = fp.read(8)
+        if len(head) < 8:
+            if depth == 0 and head.strip(b"\x00") == b"":
+                return pixel  # trailing NUL padding
+            raise _Truncated(f"element header cut at byte {pos}")
+        group, elem = struct.unpack(order + "HH", head[:4])
+        if group == 0xFFFE:  # item / delimiters
+            length = struct.unpack(order + "I", head[4:])[0]
+            if elem in (0xE00D, 0xE0DD):
+                return pixel
+            if length == _UNDEFINED:
+                _walk(fp, end, little, explicit, depth + 1)
+            else:
+                if fp.tell() + length > end:
+                    raise _Truncated(f"item at byte {pos} runs past the end")
+                fp.seek(length, 1)
+            continue
+        if explicit:
+            vr = head[4:6]
+            if vr in _LONG_VRS:
+                more = fp.read(4)
+                if len(more) < 4:
+                    raise _Truncated(f"element header cut at byte {pos}")
+                length = struct.unpack(order + "I", more)[0]
+            else:
+                length = struct.unpack(order + "H", head[6:])[0]
+        else:
+            vr = b""
+            length = struct.unpack(order + "I", head[4:])[0]
+        tag = (group << 16) | elem
+        if length == _UNDEFINED:
+            # SQ, UN with undefined length (implicit little endian inside), or encapsulated
+            # pixel data: items follow until a Sequence Delimitation Item.
+            if depth == 0 and tag in PIXEL_TAGS:
+                pixel = (tag, fp.tell())
+            inner_explicit = explicit and vr != b"UN"
+            _walk(fp, end, little if vr != b"UN" else True, inner_explicit, depth + 1)
+            continue
+        if fp.tell() + length > end:
+            raise _Truncated(
+                f"element ({group:04X},{elem:04X}) at byte {pos} declares {length} bytes, "
+                f"only {end - fp.tell()} remain"
+            )
+        if depth == 0 and tag in PIXEL_TAGS:
+            pixel = (tag, fp.tell())
+        fp.seek(length, 1)
+
+
+def check_complete(path: Path, ds: FileDataset) -> tuple[int, int] | None:
+    """Verify every element lies within the file; return ``(pixel tag, value offset)``.
+
+    pydicom stops silently at a truncated element, so this walk is what detects a cut
+    transfer.  Deflated data sets are checked by inflating them in full instead.
+    """
+    tsuid = ds.file_meta.TransferSyntaxUID
+    size = path.stat().st_size
+    with open(path, "rb") as fp:
+        if tsuid in DEFLATED:
+            import zlib
+
+            fp.seek(_dataset_start(fp))
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            while chunk := fp.read(1 << 20):
+                inflater.decompress(chunk, 0)
+            if not inflater.eof:
+                raise _Truncated("deflated data set ends before the end of the zlib stream")
+            return None
+        fp.seek(_dataset_start(fp))
+        ts = UID(tsuid)
+        little = ts.is_little_endian if ts.is_transfer_syntax else True
+        explicit = not ts.is_implicit_VR if ts.is_transfer_syntax else True
+        return _walk(fp, size, little, explicit)
+
+
+def _dataset_start(fp: BinaryIO) -> int:
+    """Offset of the first data set element after the File Meta Information (PS3.10 §7.1)."""
+    fp.seek(132)
+    head = fp.read(12)
+    group_length: int = struct.unpack("<I", head[8:12])[0]
+    return 132 + 12 + group_length
+
+
+def _tag_hex(tag: int) -> str:
+    return f"{tag:08X}"
+
+
+def _json_element(elem: DataElement, uri: str, threshold: int) -> dict[str, Any]:
+    vr = elem.VR
+    if vr == "SQ":
+        return (
+            {
+                "vr": "SQ",
+                "Value": [
+                    _json_dataset(item, f"{uri}/{i}", threshold)
+                    for i, item in enumerate(elem.value)
+                ]
+                if elem.value
+                else [],
+            }
+            if elem.value
+            else {"vr": "SQ"}
+        )
+    if vr in BULK_VRS:
+        value = elem.value
+        length = len(value) if isinstance(value, (bytes, bytearray)) else 0
+        if length > threshold:
+            return {"vr": vr, "BulkDataURI": uri}
+    try:
+        return elem.to_json_dict(None, 2**62)  # type: ignore[no-any-return]
+    except Exception as exc:  # an invalid value must not block ingest
+        log.debug("cannot convert %s to JSON: %s", elem.tag, exc)
+        return {"vr": vr}
+
+
+def _json_dataset(ds: Dataset, uri: str, threshold: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for elem in ds:
+        if elem.tag.group == 0x0002:
+            continue
+        key = _tag_hex(elem.tag)
+        out[key] = _json_element(elem, f"{uri}/{key}", threshold)
+    return out
+
+
+def _str(ds: Dataset, path: str) -> str | None:
+    try:
+        if "." in path:
+            seq_kw, kw = path.split(".")
+            seq = ds.get(seq_kw)
+            if not seq:
+                return None
+            value = seq[0].get(kw)
+        else:
+            value = ds.get(path)
+    except Exception:
+        return None
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _person_name_words(name: str | None) -> str | None:
+    """Normalized words of a person name for fuzzy matching (PS3.18 §8.3.4.1)."""
+    if not name:
+        return None
+    words = [w for w in name.upper().replace("=", "^").replace(" ", "^").split("^") if w]
+    return " " + " ".join(words) if words else None
+
+
+class DicomFileReader:
+    """Implements :class:`dicomhub.core.ports.InstanceReader` with pydicom."""
+
+    def __init__(self, bulk_data_threshold: int = 1024) -> None:
+        self.bulk_data_threshold = bulk_data_threshold
+
+    def read(self, path: Path) -> ParsedInstance:
+        """Parse and validate one received object (PS3.10 §7.1 File Meta Information)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+        except InvalidDicomError as exc:
+            raise StoreFailure(
+                Status.CANNOT_UNDERSTAND,
+                f"not a DICOM Part 10 file (no 'DICM' preamble/File Meta Information): {exc}",
+            ) from None
+        except Exception as exc:
+            raise StoreFailure(Status.CANNOT_UNDERSTAND, f"cannot parse data set: {exc}") from None
+        meta = getattr(ds, "file_meta", None)
+        if meta is None or "TransferSyntaxUID" not in meta:
+            raise StoreFailure(
+                Status.CANNOT_UNDERSTAND, "File Meta Information has no Transfer Syntax UID"
+            )
+        tsuid = str(meta.TransferSyntaxUID)
+        try:
+            pixel = check_complete(path, ds)
+        except _Truncated as exc:
+            raise StoreFailure(Status.CANNOT_UNDERSTAND, f"truncated data set: {exc}") from None
+        except Exception as exc:
+            raise StoreFailure(Status.CANNOT_UNDERSTAND, f"malformed data set: {exc}") from None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return self._parse(ds, tsuid, pixel)
+        except StoreFailure:
+            raise
+        except Exception as exc:
+            raise StoreFailure(Status.CANNOT_UNDERSTAND, f"cannot parse data set: {exc}") from None
+
+    def _parse(self, ds: FileDataset, tsuid: str, pixel: tuple[int, int] | None) -> ParsedInstance:
+        uids: dict[str, str] = {}
+        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+            value = _str(ds, kw)
+            if not value:
+                raise StoreFailure(Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"missing {kw}")
+            uids[kw] = value.strip().rstrip("\x00")
+        meta_sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
+        warns: list[str] = []
+        if meta_sop and meta_sop != uids["SOPInstanceUID"]:
+            warns.append("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
+        columns: dict[str, Any] = {}
+        for attr in ATTRIBUTES:
+            if attr.computed or attr.column in ("transfer_syntax_uid",):
+                continue
+            value = _str(ds, attr.path)
+            if value is None:
+                columns[attr.column] = None
+                continue
+            if attr.vr in ("IS", "US"):
+                try:
+                    columns[attr.column] = int(float(value.split("\\")[0]))
+                except ValueError:
+                    columns[attr.column] = None
+                    warns.append(f"{attr.path} value '{value}' is not an integer")
+                continue
+            if attr.vr in ("DA", "TM"):
+                value = value.split("\\")[0].replace(":", "").replace("-", "").strip()
+            columns[attr.column] = value[:256] if attr.vr != "UI" else value
+        for pn in ("patient_name", "referring_physician_name"):
+            name = columns.get(pn)
+            columns[pn + "_norm"] = name.upper() if name else None
+            columns[pn + "_words"] = _person_name_words(name)
+        columns["transfer_syntax_uid"] = tsuid
+        columns["study_instance_uid"] = uids["StudyInstanceUID"]
+        columns["series_instance_uid"] = uids["SeriesInstanceUID"]
+        columns["sop_instance_uid"] = uids["SOPInstanceUID"]
+        columns["sop_class_uid"] = uids["SOPClassUID"]
+        base = (
+            f"{BULK_BASE}/studies/{uids['StudyInstanceUID']}/series/"
+            f"{uids['SeriesInstanceUID']}/instances/{uids['SOPInstanceUID']}/bulkdata"
+        )
+        metadata = _json_dataset(ds, base, self.bulk_data_threshold)
+        # pixel data is not read at ingest (stop_before_pixels): add it as bulk data.
+        pixel_vrs = {0x7FE00010: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
+        if pixel is not None:
+            tag = pixel[0]
+            vr = "OB" if tsuid not in _NATIVE and tag == 0x7FE00010 else pixel_vrs[tag]
+            if tag == 0x7FE00010 and tsuid in _NATIVE and (ds.get("BitsAllocated") or 16) <= 8:
+                vr = "OB"
+            metadata[_tag_hex(tag)] = {"vr": vr, "BulkDataURI": f"{base}/{_tag_hex(tag)}"}
+        return ParsedInstance(
+            study_instance_uid=uids["StudyInstanceUID"],
+            series_instance_uid=uids["SeriesInstanceUID"],
+            sop_instance_uid=uids["SOPInstanceUID"],
+            sop_class_uid=uids["SOPClassUID"],
+            transfer_syntax_uid=tsuid,
+            columns=columns,
+            metadata=metadata,
+            pixel_data_offset=pixel[1] if pixel else None,
+            warnings=warns,
+        )
+
+
+_NATIVE = (
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+)

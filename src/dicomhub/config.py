@@ -1,0 +1,99 @@
+"""One typed settings object for dicomhub.
+
+Values come, in increasing priority, from the defaults below, an optional TOML file
+(``--config FILE`` or ``DICOMHUB_CONFIG``), ``DICOMHUB_*`` environment variables and
+command-line flags.  Every setting is documented in ``docs/operations.md``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DuplicatePolicy(StrEnum):
+    """What to do when a SOP Instance UID arrives again with *different* content.
+
+    Identical content (same SHA-256) is always accepted as a success without a second copy.
+    """
+
+    REJECT = "reject"
+    """Fail the instance with status 0x0111 (Duplicate SOP Instance); keep the first."""
+    OVERWRITE = "overwrite"
+    """Replace the stored object and its index row with the new one."""
+    KEEP_FIRST = "keep-first"
+    """Keep the first object, report a warning (0xB007 is not used: 0x0111 as a warning)."""
+
+
+class Settings(BaseSettings):
+    """dicomhub settings (env prefix ``DICOMHUB_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DICOMHUB_", extra="ignore")
+
+    data_dir: Path = Field(Path("./var"), description="Directory for blobs, staging and SQLite.")
+    host: str = Field("127.0.0.1", description="HTTP bind address.")
+    http_port: int = Field(8000, description="HTTP port.")
+    public_url: str | None = Field(
+        None,
+        description="Base URL clients reach us at (e.g. https://pacs.example.org), used in "
+        "RetrieveURL and BulkDataURI; default: derived from each request.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the index; default sqlite:///<data_dir>/index.sqlite3. "
+        "PostgreSQL: postgresql+psycopg://user@host/db",
+    )
+    database_schema: str | None = Field(
+        None, description="PostgreSQL schema to use (created if missing)."
+    )
+    max_request_bytes: int = Field(
+        4 * 1024**3, description="Largest STOW-RS request body accepted (bytes); 413 above."
+    )
+    duplicate_policy: DuplicatePolicy = Field(
+        DuplicatePolicy.REJECT,
+        description="Same SOP Instance UID with different content: reject | overwrite | keep-first",
+    )
+    bulk_data_threshold: int = Field(
+        1024,
+        description="Binary values longer than this (bytes) become BulkDataURIs in metadata.",
+    )
+    qido_default_limit: int = Field(1000, description="QIDO-RS results when no limit is given.")
+    qido_max_limit: int = Field(10000, description="Largest QIDO-RS limit accepted.")
+    fsync: bool = Field(True, description="fsync every stored object before indexing it.")
+    workers: int = Field(1, description="HTTP worker processes.")
+    log_level: str = Field("info", description="Log level.")
+
+    @property
+    def effective_database_url(self) -> str:
+        """The index URL, defaulting to SQLite inside the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from TOML file, environment and explicit overrides (highest priority)."""
+    import os
+
+    file_values: dict[str, Any] = {}
+    path = config_file
+    if path is None and os.environ.get("DICOMHUB_CONFIG"):
+        path = Path(os.environ["DICOMHUB_CONFIG"])
+    if path is not None:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+        file_values = dict(raw.get("dicomhub", raw))
+    merged: dict[str, Any] = {}
+    # environment wins over file: take file values only for fields not set by env
+    for key, value in file_values.items():
+        env_key = f"DICOMHUB_{key.upper()}"
+        if env_key not in os.environ:
+            merged[key] = value
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    # constructor arguments take precedence over the environment in pydantic-settings
+    return Settings(**merged)

@@ -1,0 +1,106 @@
+"""Value objects of the archive (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+
+class Status(IntEnum):
+    """Store statuses (PS3.4 Annex B.2.3, PS3.18 §10.5.3 FailureReason / WarningReason)."""
+
+    SUCCESS = 0x0000
+    PROCESSING_FAILURE = 0x0110
+    DUPLICATE_SOP_INSTANCE = 0x0111
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+    COERCION_OF_DATA_ELEMENTS = 0xB000
+    ELEMENTS_DISCARDED = 0xB006
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING = 0xB007
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A received object written to local staging storage, not yet in the archive."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass
+class ParsedInstance:
+    """What the index needs from one Part 10 object, read once at ingest.
+
+    ``columns`` maps index column names (see :mod:`dicomhub.core.attributes`) to values;
+    ``metadata`` is the DICOM JSON model (PS3.18 Annex F) of the whole data set, with
+    bulk data replaced by BulkDataURIs relative to :data:`BULK_BASE`.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    columns: dict[str, Any]
+    metadata: dict[str, Any]
+    pixel_data_offset: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+BULK_BASE = "@@DICOMHUB_BASE@@"
+"""Placeholder stored in BulkDataURIs; replaced by the request's DICOMweb base URL."""
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """An instance as the index knows it: enough to stream or decode it."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    storage_key: str
+    size: int
+    sha256: str
+    number_of_frames: int | None = None
+    pixel_data_offset: int | None = None
+
+    @property
+    def has_pixels(self) -> bool:
+        """Whether the object has (Float/Double Float) Pixel Data."""
+        return self.pixel_data_offset is not None
+
+
+@dataclass
+class StoreOutcome:
+    """Result of storing one object (one item of the STOW-RS response, PS3.18 §10.5.3)."""
+
+    status: int
+    message: str = ""
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """True when the object was not stored (status class Failure)."""
+        return self.status not in (0x0000, 0xB000, 0xB006, 0xB007) and not (
+            self.status == Status.DUPLICATE_SOP_INSTANCE and self.warnings
+        )
+
+
+@dataclass
+class QueryRow:
+    """One match: attribute values keyed by ``Attribute.path`` plus extra metadata."""
+
+    values: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)  # DICOM JSON elements by tag

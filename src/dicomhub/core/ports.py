@@ -1,0 +1,131 @@
+"""Ports: what the core needs from the outside world (``typing.Protocol``).
+
+Adapters in ``index/``, ``storage/`` and ``codecs/`` implement them; only
+``dicomhub.context`` wires concrete classes to these ports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from dicomhub.core.model import ParsedInstance, QueryRow, StagedFile, StoredInstance
+from dicomhub.core.query import Query
+
+
+class BlobStore(Protocol):
+    """Blind object storage by opaque key (cf. Orthanc ``IStorageArea``)."""
+
+    def put_file(self, key: str, source: Path, *, fsync: bool = True) -> None:
+        """Make ``source`` durable under ``key``; ``source`` is consumed (moved or deleted)."""
+        ...
+
+    def open(self, key: str) -> Iterator[bytes]:
+        """Stream the whole object in chunks."""
+        ...
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes from ``offset``."""
+        ...
+
+    def local_path(self, key: str) -> Path:
+        """A local file with the object's bytes (the file itself on a filesystem store)."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; missing objects are not an error."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        ...
+
+    def staging_dir(self) -> Path:
+        """Local directory for incoming files (same filesystem, so ``put_file`` is a rename)."""
+        ...
+
+
+class InstanceReader(Protocol):
+    """Parses and validates a received Part 10 file (PS3.10 §7)."""
+
+    def read(self, path: Path) -> ParsedInstance:
+        """Parse; raise :class:`~dicomhub.core.errors.StoreFailure` with the reason if invalid."""
+        ...
+
+
+class Index(Protocol):
+    """The transactional index of patients, studies, series and instances."""
+
+    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        """Look up an instance by SOP Instance UID."""
+        ...
+
+    def add_instance(self, parsed: ParsedInstance, staged: StagedFile, storage_key: str) -> None:
+        """Insert one instance (creating its study and series rows) in one transaction.
+
+        Raises :class:`DuplicateInstance` if the SOP Instance UID is already indexed.
+        """
+        ...
+
+    def replace_instance(
+        self, parsed: ParsedInstance, staged: StagedFile, storage_key: str
+    ) -> StoredInstance:
+        """Replace the existing row of this SOP Instance UID; return the old one."""
+        ...
+
+    def search(self, query: Query, scope: dict[str, str]) -> list[QueryRow]:
+        """Run a query; ``scope`` holds the StudyInstanceUID/SeriesInstanceUID of the path."""
+        ...
+
+    def instances(
+        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+    ) -> list[StoredInstance]:
+        """Instances under a resource, ordered by series and instance number."""
+        ...
+
+    def metadata(
+        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+    ) -> Iterator[bytes]:
+        """The stored DICOM JSON of each instance under a resource (UTF-8 JSON objects)."""
+        ...
+
+    def delete(
+        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+    ) -> list[str]:
+        """Remove the index rows under a resource; return the storage keys to delete."""
+        ...
+
+    def count_instances(self) -> int:
+        """Total number of indexed instances."""
+        ...
+
+
+class DuplicateInstance(Exception):
+    """Raised by :meth:`Index.add_instance` when the SOP Instance UID already exists."""
+
+
+class PixelCodec(Protocol):
+    """Frame extraction and rendering (PS3.18 §10.4.1.1.4, §10.4.1.1.5)."""
+
+    def number_of_frames(self, path: Path) -> int:
+        """Frames in the object (1 for single-frame images)."""
+        ...
+
+    def native_frames(self, path: Path, frame_numbers: Sequence[int]) -> Iterator[bytes]:
+        """Frames (1-based) in native little-endian form."""
+        ...
+
+    def render(
+        self, path: Path, frame_number: int, params: object, thumbnail: bool = False
+    ) -> bytes:
+        """A consumer-format image (JPEG/PNG) of one frame."""
+        ...
+
+    def to_explicit_le(self, path: Path) -> bytes:
+        """The whole object decompressed to Explicit VR Little Endian (PS3.5 A.2)."""
+        ...
+
+    def bulk_value(self, path: Path, tag_path: Sequence[str]) -> bytes:
+        """A bulk data value by tag path: ``["7FE00010"]``, ``["52009230", "0", …]``."""
+        ...

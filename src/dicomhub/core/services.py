@@ -1,0 +1,301 @@
+"""Core services: store, query, retrieve, delete (DESIGN §3).
+
+The edges (DICOMweb now, DIMSE next) call these; they speak only ports and domain
+types.  The store service implements the compensating store of DESIGN §2 /
+Microsoft's StoreOrchestrator: validate → write blob durably → commit index row, and
+on any failure leave neither behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from dicomhub.core.attributes import Level
+from dicomhub.core.dicomjson import row_to_json
+from dicomhub.core.errors import NotFound, StoreFailure
+from dicomhub.core.model import BULK_BASE, StagedFile, Status, StoredInstance, StoreOutcome
+from dicomhub.core.ports import BlobStore, DuplicateInstance, Index, InstanceReader, PixelCodec
+from dicomhub.core.query import Query
+
+log = logging.getLogger(__name__)
+
+
+def storage_key(study: str, series: str, sop: str, sha256: str) -> str:
+    """Opaque but readable key: ``<h2>/<study>/<series>/<sop>.<sha12>.dcm``.
+
+    The content digest in the name means an overwrite never reuses a key, so the old
+    object can be removed after the new index row commits.
+    """
+    h2 = hashlib.sha1(study.encode()).hexdigest()[:2]
+    return f"{h2}/{study}/{series}/{sop}.{sha256[:12]}.dcm"
+
+
+class StoreService:
+    """Stores one received object (PS3.4 B.2 semantics for both STOW-RS and C-STORE)."""
+
+    def __init__(
+        self,
+        index: Index,
+        blobs: BlobStore,
+        reader: InstanceReader,
+        duplicate_policy: str = "reject",
+        fsync: bool = True,
+    ) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.reader = reader
+        self.duplicate_policy = duplicate_policy
+        self.fsync = fsync
+
+    def staging_dir(self) -> Path:
+        """Where edges write incoming bytes before calling :meth:`store`."""
+        return self.blobs.staging_dir()
+
+    def store(self, staged: StagedFile, expected_study_uid: str | None = None) -> StoreOutcome:
+        """Validate, store and index one staged file; the staged file is always consumed."""
+        try:
+            return self._store(staged, expected_study_uid)
+        except StoreFailure as exc:
+            return StoreOutcome(status=exc.status, message=str(exc))
+        except Exception as exc:  # never a 500 for one bad object: report it as failure
+            log.exception("store failed")
+            return StoreOutcome(
+                status=Status.PROCESSING_FAILURE, message=f"processing failure: {exc}"
+            )
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staged.path.unlink()
+
+    def _store(self, staged: StagedFile, expected_study_uid: str | None) -> StoreOutcome:
+        parsed = self.reader.read(staged.path)
+        outcome = StoreOutcome(
+            status=Status.SUCCESS,
+            sop_class_uid=parsed.sop_class_uid,
+            sop_instance_uid=parsed.sop_instance_uid,
+            study_instance_uid=parsed.study_instance_uid,
+            series_instance_uid=parsed.series_instance_uid,
+            warnings=list(parsed.warnings),
+        )
+        if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
+            outcome.status = Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+            outcome.message = (
+                f"StudyInstanceUID {parsed.study_instance_uid} does not match the study "
+                f"of the request URL {expected_study_uid}"
+            )
+            return outcome
+        existing = self.index.find_instance(parsed.sop_instance_uid)
+        if existing is not None:
+            return self._duplicate(existing, parsed, staged, outcome)
+        key = storage_key(
+            parsed.study_instance_uid,
+            parsed.series_instance_uid,
+            parsed.sop_instance_uid,
+            staged.sha256,
+        )
+        try:
+            self.blobs.put_file(key, staged.path, fsync=self.fsync)
+        except OSError as exc:
+            outcome.status = Status.OUT_OF_RESOURCES
+            outcome.message = f"cannot write to storage: {exc.strerror or exc}"
+            return outcome
+        try:
+            self.index.add_instance(parsed, staged, key)
+        except DuplicateInstance:
+            # lost a race with a concurrent store of the same SOP Instance UID
+            self.blobs.delete(key)
+            existing = self.index.find_instance(parsed.sop_instance_uid)
+            if existing is None:
+                raise
+            return self._duplicate(existing, parsed, staged, outcome, already_moved=True)
+        except BaseException:
+            self.blobs.delete(key)  # compensate: no blob without its index row
+            raise
+        if outcome.warnings:
+            outcome.status = Status.COERCION_OF_DATA_ELEMENTS
+        return outcome
+
+    def _duplicate(
+        self,
+        existing: StoredInstance,
+        parsed: Any,
+        staged: StagedFile,
+        outcome: StoreOutcome,
+        already_moved: bool = False,
+    ) -> StoreOutcome:
+        if existing.sha256 == staged.sha256:
+            outcome.message = "identical instance already stored; not stored again"
+            return outcome
+        if (
+            existing.study_instance_uid != parsed.study_instance_uid
+            or self.duplicate_policy == "reject"
+        ):
+            outcome.status = Status.DUPLICATE_SOP_INSTANCE
+            outcome.message = (
+                f"SOP Instance {parsed.sop_instance_uid} is already stored with different "
+                "content (duplicate policy: reject)"
+            )
+            return outcome
+        if self.duplicate_policy == "keep-first" or already_moved:
+            outcome.status = Status.DUPLICATE_SOP_INSTANCE
+            outcome.warnings.append("duplicate SOP instance with different content ignored")
+            outcome.message = "kept the instance stored first (duplicate policy: keep-first)"
+            return outcome
+        key = storage_key(
+            parsed.study_instance_uid,
+            parsed.series_instance_uid,
+            parsed.sop_instance_uid,
+            staged.sha256,
+        )
+        self.blobs.put_file(key, staged.path, fsync=self.fsync)
+        try:
+            old = self.index.replace_instance(parsed, staged, key)
+        except BaseException:
+            self.blobs.delete(key)
+            raise
+        if old.storage_key != key:
+            self.blobs.delete(old.storage_key)
+        outcome.warnings.append("replaced the stored instance (duplicate policy: overwrite)")
+        outcome.status = Status.COERCION_OF_DATA_ELEMENTS
+        return outcome
+
+
+class QueryService:
+    """QIDO-RS and C-FIND searches (PS3.18 §10.6, PS3.4 C.4.1)."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def search(self, query: Query, scope: dict[str, str]) -> list[Any]:
+        """Raw rows for a query (the DIMSE edge formats them as datasets)."""
+        return self.index.search(query, scope)
+
+    def search_json(
+        self, query: Query, scope: dict[str, str], base_url: str
+    ) -> list[dict[str, Any]]:
+        """QIDO-RS results in the DICOM JSON model (PS3.18 §10.6.3.3.2)."""
+        if query.level == Level.SERIES and "StudyInstanceUID" in scope:
+            self._require(scope["StudyInstanceUID"], None)
+        if query.level == Level.IMAGE and "StudyInstanceUID" in scope:
+            self._require(scope["StudyInstanceUID"], scope.get("SeriesInstanceUID"))
+        rows = self.index.search(query, scope)
+        return [row_to_json(r, query, base_url) for r in rows]
+
+    def _require(self, study: str, series: str | None) -> None:
+        if not self.index.instances(study, series):
+            what = f"series {series} of study {study}" if series else f"study {study}"
+            raise NotFound(f"{what} not found")
+
+
+class RetrieveService:
+    """WADO-RS retrieval: instances, metadata, frames, rendered, bulk data (PS3.18 §10.4)."""
+
+    def __init__(self, index: Index, blobs: BlobStore, pixels: PixelCodec) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.pixels = pixels
+
+    def instances(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[StoredInstance]:
+        """The instances of a resource; :class:`NotFound` if there are none."""
+        found = self.index.instances(study, series, instance)
+        if not found:
+            raise NotFound(_describe(study, series, instance) + " not found")
+        return found
+
+    def open(self, item: StoredInstance) -> Iterator[bytes]:
+        """The stored object's bytes."""
+        return self.blobs.open(item.storage_key)
+
+    def local_path(self, item: StoredInstance) -> Path:
+        """A local path to the stored object (for decoders)."""
+        return self.blobs.local_path(item.storage_key)
+
+    def metadata(
+        self, study: str, series: str | None, instance: str | None, base_url: str
+    ) -> Iterator[bytes]:
+        """A JSON array of the instances' metadata, streamed (PS3.18 §10.4.1.1.2)."""
+        docs = self.index.metadata(study, series, instance)
+        first = next(docs, None)
+        if first is None:
+            raise NotFound(_describe(study, series, instance) + " not found")
+        token = BULK_BASE.encode()
+        base = base_url.encode()
+
+        def _gen() -> Iterator[bytes]:
+            yield b"[" + first.replace(token, base)
+            for doc in docs:
+                yield b"," + doc.replace(token, base)
+            yield b"]"
+
+        return _gen()
+
+    def frames(
+        self, study: str, series: str, instance: str, numbers: Sequence[int]
+    ) -> tuple[StoredInstance, Iterator[bytes]]:
+        """Native frames of one instance (PS3.18 §10.4.1.1.4)."""
+        item = self.instances(study, series, instance)[0]
+        path = self.local_path(item)
+        return item, self.pixels.native_frames(path, numbers)
+
+    def rendered(
+        self,
+        study: str,
+        series: str | None,
+        instance: str | None,
+        frame: int | None,
+        params: object,
+        thumbnail: bool = False,
+    ) -> bytes:
+        """One rendered image (PS3.18 §10.4.1.1.5 / §10.4.1.1.6).
+
+        A study or series renders its representative instance: the middle instance of
+        the first series (documented in docs/conformance.md).
+        """
+        found = self.instances(study, series, instance)
+        if instance is None:
+            first_series = found[0].series_instance_uid
+            in_series = [i for i in found if i.series_instance_uid == first_series]
+            with_pixels = [i for i in in_series if i.has_pixels] or in_series
+            item = with_pixels[len(with_pixels) // 2]
+        else:
+            item = found[0]
+        return self.pixels.render(self.local_path(item), frame or 1, params, thumbnail)
+
+    def bulkdata(self, study: str, series: str, instance: str, tag_path: Sequence[str]) -> bytes:
+        """The value of one bulk data element (PS3.18 §10.4.1.1.3)."""
+        item = self.instances(study, series, instance)[0]
+        return self.pixels.bulk_value(self.local_path(item), tag_path)
+
+
+class DeleteService:
+    """Removes studies, series and instances: index rows first, then blobs."""
+
+    def __init__(self, index: Index, blobs: BlobStore) -> None:
+        self.index = index
+        self.blobs = blobs
+
+    def delete(self, study: str, series: str | None = None, instance: str | None = None) -> int:
+        """Delete a resource; return the number of instances removed."""
+        keys = self.index.delete(study, series, instance)
+        if not keys:
+            raise NotFound(_describe(study, series, instance) + " not found")
+        for key in keys:
+            try:
+                self.blobs.delete(key)
+            except OSError:
+                log.exception("could not delete blob %s (orphan left on storage)", key)
+        return len(keys)
+
+
+def _describe(study: str, series: str | None, instance: str | None) -> str:
+    if instance:
+        return f"instance {instance}"
+    if series:
+        return f"series {series}"
+    return f"study {study}"

@@ -1,0 +1,52 @@
+"""The ASGI application: DICOMweb under ``/dicom-web`` plus ``/health``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from dicomhub import __version__
+from dicomhub.context import Context
+from dicomhub.dicomweb import errors, qido, stow, wado
+
+log = logging.getLogger(__name__)
+PREFIX = "/dicom-web"
+
+
+def create_app(ctx: Context) -> FastAPI:
+    """Build the HTTP application around an archive context."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # a crash can leave partly received uploads in staging: they were never indexed
+        for leftover in ctx.store.staging_dir().glob("*.part"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        yield
+
+    app = FastAPI(
+        title="dicomhub",
+        version=__version__,
+        description="DICOMweb archive (PS3.18): STOW-RS, QIDO-RS, WADO-RS.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.state.prefix = PREFIX
+    errors.install(app)
+    app.include_router(stow.router, prefix=PREFIX, tags=["STOW-RS"])
+    app.include_router(qido.router, prefix=PREFIX, tags=["QIDO-RS"])
+    app.include_router(wado.router, prefix=PREFIX, tags=["WADO-RS"])
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """Liveness: the process answers and the index is reachable."""
+        from starlette.concurrency import run_in_threadpool
+
+        count = await run_in_threadpool(ctx.index.count_instances)
+        return JSONResponse({"status": "ok", "version": __version__, "instances": count})
+
+    return app

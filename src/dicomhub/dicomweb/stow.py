@@ -1,0 +1,227 @@
+"""STOW-RS: Store Instances (PS3.18 §10.5).
+
+The body is parsed as it streams in; each part is written to a staging file while its
+SHA-256 is computed, so memory does not grow with the request.  Only when the whole
+body has arrived intact are the parts stored (a truncated, malformed or oversized body
+stores nothing).  Each instance is then stored by the core store service, which
+validates, writes durably and indexes it, or leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from dicomhub.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from dicomhub.core.model import StagedFile, Status, StoreOutcome
+from dicomhub.dicomweb.deps import BaseURL, Ctx
+from dicomhub.dicomweb.multipart import (
+    DATA,
+    END,
+    START,
+    MultipartParser,
+    PartHeaders,
+    parse_content_type,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+DICOM_TYPES = ("application/dicom", "")
+
+
+class _Part:
+    def __init__(self, staging: Path, content_type: str) -> None:
+        self.content_type = content_type
+        self.accepted = content_type.split(";")[0].strip().lower() in DICOM_TYPES
+        self.size = 0
+        self.hasher = hashlib.sha256()
+        self.path: Path | None = None
+        self.fh: IO[bytes] | None = None
+        if self.accepted:
+            fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
+            self.fh = os.fdopen(fd, "wb")
+            self.path = Path(name)
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.fh is not None:
+            self.fh.write(data)
+            self.hasher.update(data)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+    def discard(self) -> None:
+        self.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def _response_dataset(outcomes: list[StoreOutcome], base: str) -> tuple[int, dict[str, Any]]:
+    """Store Instances Response Module (PS3.18 §10.5.3, Table 10.5.3-1)."""
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    warning = False
+    studies: set[str] = set()
+    for o in outcomes:
+        item: dict[str, Any] = {
+            "00081150": {"vr": "UI", "Value": [o.sop_class_uid]}
+            if o.sop_class_uid
+            else {"vr": "UI"},
+            "00081155": {"vr": "UI", "Value": [o.sop_instance_uid]}
+            if o.sop_instance_uid
+            else {"vr": "UI"},
+        }
+        if o.failed:
+            item["00081197"] = {"vr": "US", "Value": [int(o.status)]}
+            failed.append(item)
+            continue
+        studies.add(str(o.study_instance_uid))
+        item["00081190"] = {
+            "vr": "UR",
+            "Value": [
+                f"{base}/studies/{o.study_instance_uid}/series/{o.series_instance_uid}"
+                f"/instances/{o.sop_instance_uid}"
+            ],
+        }
+        if o.status != Status.SUCCESS or o.warnings:
+            warning = True
+            code = o.status if o.status != Status.SUCCESS else Status.COERCION_OF_DATA_ELEMENTS
+            item["00081196"] = {"vr": "US", "Value": [int(code)]}
+        referenced.append(item)
+    doc: dict[str, Any] = {}
+    if len(studies) == 1:
+        doc["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{next(iter(studies))}"]}
+    if failed:
+        doc["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        doc["00081199"] = {"vr": "SQ", "Value": referenced}
+    if not referenced:
+        status = 409
+    elif failed or warning:
+        status = 202
+    else:
+        status = 200
+    return status, doc
+
+
+async def _receive(request: Request, staging: Path, max_bytes: int) -> list[_Part]:
+    content_type = request.headers.get("content-type", "")
+    media, params = parse_content_type(content_type)
+    if media != "multipart/related":
+        raise UnsupportedMediaType(
+            f'STOW-RS takes multipart/related; type="application/dicom", not '
+            f"'{content_type or '(no Content-Type)'}'"
+        )
+    part_type = params.get("type", "application/dicom").lower()
+    if part_type != "application/dicom":
+        raise UnsupportedMediaType(
+            f"multipart type '{part_type}' is not supported; use application/dicom"
+        )
+    boundary = params.get("boundary")
+    if not boundary:
+        raise InvalidRequest("multipart/related Content-Type without a boundary parameter")
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise InvalidRequest("invalid Content-Length") from None
+        if declared > max_bytes:
+            raise PayloadTooLarge(
+                f"request body of {declared} bytes exceeds the limit of {max_bytes}"
+            )
+    parser = MultipartParser(boundary)
+    parts: list[_Part] = []
+    current: _Part | None = None
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+            for event, payload in parser.feed(chunk):
+                if event == START:
+                    assert isinstance(payload, PartHeaders)
+                    current = _Part(staging, payload.content_type)
+                    parts.append(current)
+                elif event == DATA:
+                    assert current is not None and isinstance(payload, bytes)
+                    current.write(payload)
+                elif event == END and current is not None:
+                    current.close()
+                    current = None
+        parser.close()
+    except BaseException:
+        for p in parts:
+            p.discard()
+        raise
+    return parts
+
+
+def _store_all(ctx: Any, parts: list[_Part], study: str | None) -> list[StoreOutcome]:
+    outcomes: list[StoreOutcome] = []
+    for part in parts:
+        if not part.accepted or part.path is None:
+            outcomes.append(
+                StoreOutcome(
+                    status=Status.CANNOT_UNDERSTAND,
+                    message=f"part of type '{part.content_type}' is not application/dicom",
+                )
+            )
+            continue
+        staged = StagedFile(part.path, part.size, part.hasher.hexdigest())
+        outcomes.append(ctx.store.store(staged, study))
+    return outcomes
+
+
+async def _stow(request: Request, ctx: Ctx, base: str, study: str | None) -> JSONResponse:
+    parts = await _receive(request, ctx.store.staging_dir(), ctx.settings.max_request_bytes)
+    if not parts:
+        raise InvalidRequest("multipart body has no parts")
+    outcomes = await run_in_threadpool(_store_all, ctx, parts, study)
+    status, doc = _response_dataset(outcomes, base)
+    headers = {}
+    messages = [
+        f"{o.sop_instance_uid or 'part ' + str(i + 1)}: {o.message}"
+        for i, o in enumerate(outcomes)
+        if o.failed or o.warnings
+    ]
+    if messages:
+        for m in messages:
+            log.info("STOW-RS: %s", m)
+        # RFC 9111 §5.5 style warning text, one per problem (bounded)
+        headers["Warning"] = ", ".join(
+            '299 dicomhub "' + m.replace('"', "'").replace("\r", " ").replace("\n", " ") + '"'
+            for m in messages[:20]
+        )
+    return JSONResponse(
+        doc, status_code=status, media_type="application/dicom+json", headers=headers
+    )
+
+
+@router.post("/studies")
+async def store_instances(request: Request, ctx: Ctx, base: BaseURL) -> JSONResponse:
+    """Store instances of any studies (PS3.18 §10.5.1.1)."""
+    return await _stow(request, ctx, base, None)
+
+
+@router.post("/studies/{study}")
+async def store_study_instances(
+    study: str, request: Request, ctx: Ctx, base: BaseURL
+) -> JSONResponse:
+    """Store instances of one study; others fail with 0xA900 (PS3.18 §10.5.1.1)."""
+    return await _stow(request, ctx, base, study)

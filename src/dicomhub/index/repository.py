@@ -1,0 +1,575 @@
+"""SQL index adapter: implements :class:`dicomhub.core.ports.Index` on SQLAlchemy Core.
+
+SQLite (WAL, ``synchronous=NORMAL``, writers take ``BEGIN IMMEDIATE``) is the embedded
+default; PostgreSQL (psycopg 3) is the scale-out index.  Matching is translated into
+SQL here so queries run on indexes (PS3.4 C.2.2.2, PS3.18 §8.3.4).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import NullPool
+
+from dicomhub.core.attributes import ATTRIBUTES, Attribute, Level
+from dicomhub.core.model import ParsedInstance, QueryRow, StagedFile, StoredInstance
+from dicomhub.core.ports import DuplicateInstance
+from dicomhub.core.query import Constraint, Match, Query, like_pattern
+from dicomhub.index import migrate
+from dicomhub.index.tables import instances, series, studies
+
+_TABLE_BY_LEVEL = {Level.STUDY: studies, Level.SERIES: series, Level.IMAGE: instances}
+_STUDY_COLUMNS = [a for a in ATTRIBUTES if a.level == Level.STUDY]
+_SERIES_COLUMNS = [a for a in ATTRIBUTES if a.level == Level.SERIES]
+_INSTANCE_COLUMNS = [a for a in ATTRIBUTES if a.level == Level.IMAGE]
+
+# Extra attributes returned with includefield=all, read from a representative instance
+# (PS3.18 §10.6.3.3: all attributes of the level).
+_STUDY_ALL_GROUPS = (0x0010,)
+_STUDY_ALL_TAGS = {
+    "00080020",
+    "00080030",
+    "00080050",
+    "00080090",
+    "00081030",
+    "00081032",
+    "00081060",
+    "00200010",
+    "0020000D",
+    "00080201",
+    "00321032",
+    "00321060",
+    "00101010",
+    "00101020",
+    "00101030",
+    "00102160",
+    "00104000",
+}
+_SERIES_ALL_TAGS = {
+    "00080021",
+    "00080031",
+    "00080060",
+    "0008103E",
+    "00180015",
+    "00200011",
+    "0020000E",
+    "00200060",
+    "00185100",
+    "00081070",
+    "00081050",
+    "00400244",
+    "00400245",
+    "00400275",
+    "00080070",
+    "00081090",
+    "00181030",
+    "00081010",
+}
+_INSTANCE_EXCLUDE_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+
+
+def _study_cols() -> list[Any]:
+    return [studies.c.pk.label("study_pk")] + [
+        studies.c[a.column].label(a.path) for a in _STUDY_COLUMNS
+    ]
+
+
+def _series_cols() -> list[Any]:
+    return [series.c.pk.label("series_pk")] + [
+        series.c[a.column].label(a.path) for a in _SERIES_COLUMNS
+    ]
+
+
+def _instance_cols() -> list[Any]:
+    return [instances.c.pk.label("instance_pk")] + [
+        instances.c[a.column].label(a.path) for a in _INSTANCE_COLUMNS
+    ]
+
+
+def compress_json(doc: dict[str, Any]) -> bytes:
+    """The stored form of an instance's DICOM JSON: compact UTF-8, zlib level 6."""
+    return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
+
+
+class SqlIndex:
+    """The archive index on SQLite or PostgreSQL."""
+
+    def __init__(self, url: str, schema: str | None = None) -> None:
+        self.url = url
+        self.schema = schema
+        self.dialect = url.split(":", 1)[0].split("+", 1)[0]
+        if self.dialect == "sqlite":
+            self.engine = self._sqlite_engine(url, immediate=False)
+            self.write_engine = self._sqlite_engine(url, immediate=True)
+        else:
+            kwargs: dict[str, Any] = {"pool_size": 10, "max_overflow": 20, "pool_pre_ping": True}
+            self.engine = create_engine(url, **kwargs)
+            if schema:
+                self._set_search_path(self.engine, schema)
+            self.write_engine = self.engine
+
+    @staticmethod
+    def _set_search_path(engine: Engine, schema: str) -> None:
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            cur.execute(f'SET search_path TO "{schema}"')
+            cur.close()
+            dbapi_conn.commit()
+
+    @staticmethod
+    def _sqlite_engine(url: str, immediate: bool) -> Engine:
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 60},
+            poolclass=NullPool if ":memory:" in url else None,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA case_sensitive_like=ON")
+            cur.execute("PRAGMA cache_size=-65536")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def upgrade(self) -> None:
+        """Create or migrate the schema (Alembic)."""
+        migrate.upgrade(self.write_engine, self.schema)
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+        if self.write_engine is not self.engine:
+            self.write_engine.dispose()
+
+    # -- writes --------------------------------------------------------------------------
+    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        """Look up one instance by SOP Instance UID."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                self._stored_select().where(instances.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+        return _stored(row) if row else None
+
+    def _insert_or_get(
+        self, conn: Connection, table: Any, uid_col: str, uid: str, values: dict[str, Any]
+    ) -> tuple[int, bool]:
+        pk = conn.execute(select(table.c.pk).where(table.c[uid_col] == uid)).scalar()
+        if pk is not None:
+            return int(pk), False
+        insert_fn: Any
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as insert_fn
+        else:
+            from sqlalchemy.dialects.sqlite import insert as insert_fn
+        stmt = insert_fn(table).values(**values).on_conflict_do_nothing().returning(table.c.pk)
+        pk = conn.execute(stmt).scalar()
+        if pk is not None:
+            return int(pk), True
+        pk = conn.execute(select(table.c.pk).where(table.c[uid_col] == uid)).scalar_one()
+        return int(pk), False
+
+    def _write_rows(
+        self, conn: Connection, parsed: ParsedInstance, staged: StagedFile, key: str
+    ) -> None:
+        cols = parsed.columns
+        study_values = {a.column: cols.get(a.column) for a in _STUDY_COLUMNS if not a.computed}
+        for pn in ("patient_name", "referring_physician_name"):
+            study_values[pn + "_norm"] = cols.get(pn + "_norm")
+            study_values[pn + "_words"] = cols.get(pn + "_words")
+        study_values.update(num_series=0, num_instances=0, modalities_in_study=None)
+        study_pk, _ = self._insert_or_get(
+            conn, studies, "study_instance_uid", parsed.study_instance_uid, study_values
+        )
+        # lock the study row so counters and ModalitiesInStudy stay consistent (PostgreSQL)
+        study_row = conn.execute(
+            select(studies.c.modalities_in_study).where(studies.c.pk == study_pk).with_for_update()
+        ).one()
+        series_values = {a.column: cols.get(a.column) for a in _SERIES_COLUMNS if not a.computed}
+        series_values.update(
+            study_pk=study_pk,
+            num_instances=0,
+            timezone_offset_from_utc=cols.get("timezone_offset_from_utc"),
+        )
+        series_pk, new_series = self._insert_or_get(
+            conn, series, "series_instance_uid", parsed.series_instance_uid, series_values
+        )
+        instance_values = {
+            a.column: cols.get(a.column) for a in _INSTANCE_COLUMNS if not a.computed
+        }
+        instance_values.update(
+            series_pk=series_pk,
+            study_pk=study_pk,
+            transfer_syntax_uid=parsed.transfer_syntax_uid,
+            storage_key=key,
+            size_bytes=staged.size,
+            sha256=staged.sha256,
+            pixel_data_offset=parsed.pixel_data_offset,
+            metadata_json=compress_json(parsed.metadata),
+        )
+        conn.execute(instances.insert().values(**instance_values))
+        conn.execute(
+            update(series)
+            .where(series.c.pk == series_pk)
+            .values(num_instances=series.c.num_instances + 1)
+        )
+        modalities = study_row.modalities_in_study
+        modality = cols.get("modality")
+        if modality:
+            present = modalities.split("\\") if modalities else []
+            if modality not in present:
+                modalities = "\\".join(sorted([*present, modality]))
+        conn.execute(
+            update(studies)
+            .where(studies.c.pk == study_pk)
+            .values(
+                num_instances=studies.c.num_instances + 1,
+                num_series=studies.c.num_series + (1 if new_series else 0),
+                modalities_in_study=modalities,
+                updated_at=func.now(),
+            )
+        )
+
+    def add_instance(self, parsed: ParsedInstance, staged: StagedFile, storage_key: str) -> None:
+        """Insert one instance with its study and series, in one transaction."""
+        try:
+            with self.write_engine.begin() as conn:
+                self._write_rows(conn, parsed, staged, storage_key)
+        except IntegrityError as exc:
+            if self.find_instance(parsed.sop_instance_uid) is not None:
+                raise DuplicateInstance(parsed.sop_instance_uid) from exc
+            raise
+
+    def replace_instance(
+        self, parsed: ParsedInstance, staged: StagedFile, storage_key: str
+    ) -> StoredInstance:
+        """Replace an instance row (duplicate policy 'overwrite'); return the old one."""
+        with self.write_engine.begin() as conn:
+            row = conn.execute(
+                self._stored_select().where(instances.c.sop_instance_uid == parsed.sop_instance_uid)
+            ).first()
+            if row is None:
+                raise LookupError(parsed.sop_instance_uid)
+            old = _stored(row)
+            self._delete_in(conn, instances.c.sop_instance_uid == parsed.sop_instance_uid)
+            self._write_rows(conn, parsed, staged, storage_key)
+        return old
+
+    # -- reads ---------------------------------------------------------------------------
+    @staticmethod
+    def _stored_select() -> Select[Any]:
+        return (
+            select(
+                studies.c.study_instance_uid,
+                series.c.series_instance_uid,
+                instances.c.sop_instance_uid,
+                instances.c.sop_class_uid,
+                instances.c.transfer_syntax_uid,
+                instances.c.storage_key,
+                instances.c.size_bytes,
+                instances.c.sha256,
+                instances.c.number_of_frames,
+                instances.c.pixel_data_offset,
+            )
+            .select_from(instances)
+            .join(series, series.c.pk == instances.c.series_pk)
+            .join(studies, studies.c.pk == instances.c.study_pk)
+        )
+
+    @staticmethod
+    def _resource_filter(
+        study: str, series_uid: str | None, instance: str | None
+    ) -> ColumnElement[bool]:
+        conds = [studies.c.study_instance_uid == study]
+        if series_uid is not None:
+            conds.append(series.c.series_instance_uid == series_uid)
+        if instance is not None:
+            conds.append(instances.c.sop_instance_uid == instance)
+        return and_(*conds)
+
+    def instances(
+        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+    ) -> list[StoredInstance]:
+        """Instances under a study/series/instance, ordered for retrieval."""
+        stmt = (
+            self._stored_select()
+            .where(self._resource_filter(study, series_uid, instance_uid))
+            .order_by(instances.c.series_pk, instances.c.instance_number, instances.c.pk)
+        )
+        with self.engine.connect() as conn:
+            return [_stored(r) for r in conn.execute(stmt)]
+
+    def pixel_data_offset(self, sop_instance_uid: str) -> int | None:
+        """Offset of the Pixel Data value in the stored file (native frames read from there)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(instances.c.pixel_data_offset).where(
+                    instances.c.sop_instance_uid == sop_instance_uid
+                )
+            ).scalar()
+        return int(value) if value is not None else None
+
+    def metadata(
+        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+    ) -> Iterator[bytes]:
+        """Each instance's DICOM JSON, decompressed, in retrieval order."""
+        stmt = (
+            select(instances.c.metadata_json)
+            .select_from(instances)
+            .join(series, series.c.pk == instances.c.series_pk)
+            .join(studies, studies.c.pk == instances.c.study_pk)
+            .where(self._resource_filter(study, series_uid, instance_uid))
+            .order_by(instances.c.series_pk, instances.c.instance_number, instances.c.pk)
+        )
+        with self.engine.connect() as conn:
+            blobs = [r[0] for r in conn.execute(stmt)]
+        for blob in blobs:
+            yield zlib.decompress(blob)
+
+    def count_instances(self) -> int:
+        """Number of indexed instances."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(instances)).scalar_one())
+
+    # -- query ---------------------------------------------------------------------------
+    def _condition(self, c: Constraint) -> ColumnElement[bool]:
+        attr = c.attribute
+        if attr.path == "ModalitiesInStudy":
+            inner = Constraint(_MODALITY, c.kind, c.values)
+            return exists(
+                select(series.c.pk).where(series.c.study_pk == studies.c.pk, self._condition(inner))
+            )
+        table = _TABLE_BY_LEVEL[attr.level]
+        if attr.vr == "PN":
+            if c.kind == Match.FUZZY:
+                words_col = table.c[attr.column + "_words"]
+                return and_(
+                    *[
+                        words_col.like("% " + like_pattern(word) + "%", escape="\\")
+                        for word in c.values[0].replace("^", " ").split()
+                    ]
+                )
+            col = table.c[attr.column + "_norm"]
+        else:
+            col = table.c[attr.column]
+        if c.kind == Match.SINGLE:
+            if attr.vr == "IS":
+                return col == int(c.values[0])
+            return col == c.values[0]
+        if c.kind == Match.LIST:
+            return col.in_(c.values)
+        if c.kind == Match.WILDCARD:
+            return col.like(like_pattern(c.values[0]), escape="\\")
+        if c.kind == Match.RANGE:
+            low, high = c.values
+            conds = []
+            if low:
+                conds.append(col >= low)
+            if high:
+                # inclusive upper bound: 1200 includes 120059.99
+                conds.append(col <= (high + "~" if attr.vr == "TM" else high))
+            return and_(*conds)
+        raise ValueError(c.kind)
+
+    def search(self, query: Query, scope: dict[str, str]) -> list[QueryRow]:
+        """Run a QIDO-RS/C-FIND query at its level (PS3.4 C.4.1.3.1.1)."""
+        level = query.level
+        if level == Level.STUDY:
+            stmt = select(*_study_cols()).select_from(studies).order_by(studies.c.pk)
+            rep = select(func.min(instances.c.pk)).where(instances.c.study_pk == studies.c.pk)
+        elif level == Level.SERIES:
+            stmt = (
+                select(*_series_cols(), *_study_cols())
+                .select_from(series)
+                .join(studies, studies.c.pk == series.c.study_pk)
+                .order_by(series.c.pk)
+            )
+            rep = select(func.min(instances.c.pk)).where(instances.c.series_pk == series.c.pk)
+        else:
+            stmt = (
+                select(*_instance_cols(), *_series_cols(), *_study_cols())
+                .select_from(instances)
+                .join(series, series.c.pk == instances.c.series_pk)
+                .join(studies, studies.c.pk == instances.c.study_pk)
+                .order_by(instances.c.series_pk, instances.c.instance_number, instances.c.pk)
+            )
+            rep = None
+        if "StudyInstanceUID" in scope:
+            stmt = stmt.where(studies.c.study_instance_uid == scope["StudyInstanceUID"])
+        if "SeriesInstanceUID" in scope:
+            stmt = stmt.where(series.c.series_instance_uid == scope["SeriesInstanceUID"])
+        conds = [self._condition(c) for c in query.constraints]
+        if conds:
+            stmt = stmt.where(and_(*conds))
+        if query.offset:
+            stmt = stmt.offset(query.offset)
+        if query.limit is not None:
+            stmt = stmt.limit(query.limit)
+        want_extra = bool(query.extra_includes) or query.include_all
+        if want_extra:
+            stmt = stmt.add_columns(
+                (rep.scalar_subquery() if rep is not None else instances.c.pk).label("rep_pk")
+            )
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+            extras: dict[int, dict[str, Any]] = {}
+            if want_extra:
+                pks = [r["rep_pk"] for r in rows if r.get("rep_pk") is not None]
+                for i in range(0, len(pks), 500):
+                    chunk = pks[i : i + 500]
+                    for pk, blob in conn.execute(
+                        select(instances.c.pk, instances.c.metadata_json).where(
+                            instances.c.pk.in_(chunk)
+                        )
+                    ):
+                        extras[pk] = json.loads(zlib.decompress(blob))
+        result: list[QueryRow] = []
+        wanted_tags = {_keyword_to_tag(k) for k in query.extra_includes}
+        for r in rows:
+            extra: dict[str, Any] = {}
+            if want_extra and r.get("rep_pk") in extras:
+                doc = extras[r["rep_pk"]]
+                extra = {
+                    tag: el
+                    for tag, el in doc.items()
+                    if tag in wanted_tags or (query.include_all and _in_all(level, tag, el))
+                }
+            result.append(QueryRow(values=r, extra=extra))
+        return result
+
+    # -- delete --------------------------------------------------------------------------
+    def _delete_in(self, conn: Connection, where: ColumnElement[bool]) -> list[str]:
+        rows = conn.execute(
+            select(
+                instances.c.pk, instances.c.storage_key, instances.c.series_pk, instances.c.study_pk
+            )
+            .select_from(instances)
+            .join(series, series.c.pk == instances.c.series_pk)
+            .join(studies, studies.c.pk == instances.c.study_pk)
+            .where(where)
+        ).all()
+        if not rows:
+            return []
+        pks = [r.pk for r in rows]
+        for i in range(0, len(pks), 500):
+            conn.execute(delete(instances).where(instances.c.pk.in_(pks[i : i + 500])))
+        series_pks = {r.series_pk for r in rows}
+        study_pks = {r.study_pk for r in rows}
+        for spk in series_pks:
+            remaining = conn.execute(
+                select(func.count()).where(instances.c.series_pk == spk)
+            ).scalar_one()
+            if remaining:
+                conn.execute(
+                    update(series).where(series.c.pk == spk).values(num_instances=remaining)
+                )
+            else:
+                conn.execute(delete(series).where(series.c.pk == spk))
+        for stpk in study_pks:
+            n_inst = conn.execute(
+                select(func.count()).where(instances.c.study_pk == stpk)
+            ).scalar_one()
+            if not n_inst:
+                conn.execute(delete(series).where(series.c.study_pk == stpk))
+                conn.execute(delete(studies).where(studies.c.pk == stpk))
+                continue
+            mods = sorted(
+                {
+                    m
+                    for (m,) in conn.execute(
+                        select(series.c.modality).where(series.c.study_pk == stpk)
+                    )
+                    if m
+                }
+            )
+            n_series = conn.execute(
+                select(func.count()).where(series.c.study_pk == stpk)
+            ).scalar_one()
+            conn.execute(
+                update(studies)
+                .where(studies.c.pk == stpk)
+                .values(
+                    num_instances=n_inst,
+                    num_series=n_series,
+                    modalities_in_study="\\".join(mods) or None,
+                    updated_at=func.now(),
+                )
+            )
+        return [r.storage_key for r in rows]
+
+    def delete(
+        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+    ) -> list[str]:
+        """Delete the rows under a resource; return the storage keys of removed instances."""
+        with self.write_engine.begin() as conn:
+            return self._delete_in(conn, self._resource_filter(study, series_uid, instance_uid))
+
+
+_MODALITY = next(a for a in ATTRIBUTES if a.path == "Modality")
+
+
+def _keyword_to_tag(name: str) -> str:
+    from pydicom.datadict import tag_for_keyword
+
+    if len(name) == 8 and all(ch in "0123456789abcdefABCDEF" for ch in name):
+        return name.upper()
+    tag = tag_for_keyword(name)
+    return f"{tag:08X}" if tag is not None else name
+
+
+def _in_all(level: Level, tag: str, element: dict[str, Any]) -> bool:
+    if level == Level.STUDY:
+        return int(tag[:4], 16) in _STUDY_ALL_GROUPS or tag in _STUDY_ALL_TAGS
+    if level == Level.SERIES:
+        return tag in _SERIES_ALL_TAGS
+    return element.get("vr") not in _INSTANCE_EXCLUDE_VRS and "BulkDataURI" not in element
+
+
+def _stored(row: Any) -> StoredInstance:
+    return StoredInstance(
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.series_instance_uid,
+        sop_instance_uid=row.sop_instance_uid,
+        sop_class_uid=row.sop_class_uid,
+        transfer_syntax_uid=row.transfer_syntax_uid,
+        storage_key=row.storage_key,
+        size=int(row.size_bytes),
+        sha256=row.sha256,
+        number_of_frames=row.number_of_frames,
+        pixel_data_offset=row.pixel_data_offset,
+    )
+
+
+__all__ = ["Attribute", "SqlIndex", "compress_json", "or_"]

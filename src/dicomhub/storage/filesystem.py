@@ -1,0 +1,104 @@
+"""Filesystem blob store: opaque keys map to files under a root directory.
+
+Durability (DESIGN §2): an object is written under a temporary name in ``staging/``,
+fsynced, renamed into place and its directory fsynced; only then does the index row
+commit.  Keys never contain ``..`` and are relative, so a key cannot escape the root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from dicomhub.core.errors import NotFound
+
+CHUNK = 1 << 20
+
+
+class FileSystemBlobStore:
+    """Implements :class:`dicomhub.core.ports.BlobStore` on a local or shared filesystem."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.objects = self.root / "objects"
+        self._staging = self.root / "staging"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self._staging.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid storage key {key!r}")
+        return self.objects / key
+
+    def staging_dir(self) -> Path:
+        """Directory for incoming files, on the same filesystem as the objects."""
+        return self._staging
+
+    def put_file(self, key: str, source: Path, *, fsync: bool = True) -> None:
+        """Move ``source`` into place durably: fsync file, rename, fsync directory."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if fsync:
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(source, target)
+        if fsync:
+            dfd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def open(self, key: str) -> Iterator[bytes]:
+        """Stream the object in 1 MiB chunks."""
+        path = self._path(key)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the generator
+        except FileNotFoundError:
+            raise NotFound(f"object {key} is missing from storage") from None
+
+        def _gen() -> Iterator[bytes]:
+            with fh:
+                while chunk := fh.read(CHUNK):
+                    yield chunk
+
+        return _gen()
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``offset``."""
+        with open(self._path(key), "rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
+    def local_path(self, key: str) -> Path:
+        """The object's own file."""
+        path = self._path(key)
+        if not path.exists():
+            raise NotFound(f"object {key} is missing from storage")
+        return path
+
+    def delete(self, key: str) -> None:
+        """Remove the object and prune empty parent directories."""
+        path = self._path(key)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        parent = path.parent
+        while parent != self.objects:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+        return self._path(key).exists()
+
+    def size(self, key: str) -> int:
+        """Size in bytes."""
+        return self._path(key).stat().st_size

@@ -1,0 +1,82 @@
+"""The streaming multipart/related parser (RFC 2387, PS3.18 §8.6.1.2)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dicomhub.dicomweb.multipart import (
+    DATA,
+    END,
+    START,
+    MultipartError,
+    MultipartParser,
+    PartHeaders,
+    closing,
+    parse_content_type,
+    part_header,
+)
+
+
+def body(boundary: str, parts: list[bytes]) -> bytes:
+    out = b"preamble ignored\r\n"
+    for p in parts:
+        out += part_header(boundary, "application/dicom") + p + b"\r\n"
+    return out + closing(boundary) + b"epilogue"
+
+
+def parse(data: bytes, boundary: str, chunk: int) -> list[tuple[str, bytes]]:
+    parser = MultipartParser(boundary)
+    parts: list[tuple[str, bytes]] = []
+    for i in range(0, len(data), chunk):
+        for event, payload in parser.feed(data[i : i + chunk]):
+            if event == START:
+                assert isinstance(payload, PartHeaders)
+                parts.append((payload.content_type, b""))
+            elif event == DATA:
+                assert isinstance(payload, bytes)
+                ctype, acc = parts[-1]
+                parts[-1] = (ctype, acc + payload)
+            else:
+                assert event == END
+    parser.close()
+    return parts
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64, 1000, 1 << 20])
+def test_parts_survive_any_chunking(chunk: int) -> None:
+    rng = random.Random(chunk)
+    boundary = "b0undary-xyz"
+    # contents include CRLF, dashes and a near-miss of the delimiter
+    payloads = [bytes(rng.getrandbits(8) for _ in range(n)) for n in (0, 1, 100, 5000)] + [
+        b"\r\n--b0undary-xy not it\r\n--",
+        b"--b0undary-xyz",
+    ]
+    parsed = parse(body(boundary, payloads), boundary, chunk)
+    assert [p for _, p in parsed] == payloads
+    assert all(c == "application/dicom" for c, _ in parsed)
+
+
+def test_truncated_body_is_an_error() -> None:
+    data = body("bnd", [b"abc" * 100])
+    with pytest.raises(MultipartError, match="closing boundary"):
+        parse(data[: len(data) // 2], "bnd", 64)
+
+
+def test_wrong_boundary_finds_no_parts() -> None:
+    with pytest.raises(MultipartError, match="no body part"):
+        parse(body("right", [b"x"]), "wrong", 64)
+
+
+def test_garbage_after_boundary() -> None:
+    with pytest.raises(MultipartError):
+        parse(b"--bnd garbage\r\n\r\n\r\nx\r\n--bnd--", "bnd", 5)
+
+
+def test_content_type_parameters() -> None:
+    media, params = parse_content_type(
+        'Multipart/Related; type="application/dicom"; boundary="a;b=c"'
+    )
+    assert media == "multipart/related"
+    assert params == {"type": "application/dicom", "boundary": "a;b=c"}
