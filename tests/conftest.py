@@ -91,6 +91,29 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def database_module() -> Iterator[object]:
+    """Factory for module-scoped archives: ``make(backend, tmp) -> (url, schema)``."""
+    schemas: list[str] = []
+
+    def make(backend: str, tmp: Path) -> tuple[str, str | None]:
+        if backend == "sqlite":
+            return f"sqlite:///{tmp / 'index.sqlite3'}", None
+        if not pg_available() and not os.environ.get("CI"):
+            pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        schemas.append(schema)
+        return PG_URL, schema
+
+    yield make
+    if schemas:
+        engine = create_engine(PG_URL)
+        with engine.begin() as conn:
+            for schema in schemas:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
 def make_settings(data_dir: Path, url: str, schema: str | None, **kw: object) -> Settings:
     """Settings for a test archive (fsync off only where a test says so)."""
     return Settings(data_dir=data_dir, database_url=url, database_schema=schema, **kw)  # type: ignore[arg-type]

@@ -25,9 +25,7 @@ class DuplicatePolicy(StrEnum):
     REJECT = "reject"
     """Fail the instance with status 0x0111 (Duplicate SOP Instance); keep the first."""
     OVERWRITE = "overwrite"
-    """Replace the stored object and its index row with the new one."""
-    KEEP_FIRST = "keep-first"
-    """Keep the first object, report a warning (0xB007 is not used: 0x0111 as a warning)."""
+    """Replace the stored object and its index row with the new one (warning 0xB000)."""
 
 
 class Settings(BaseSettings):
@@ -56,7 +54,7 @@ class Settings(BaseSettings):
     )
     duplicate_policy: DuplicatePolicy = Field(
         DuplicatePolicy.REJECT,
-        description="Same SOP Instance UID with different content: reject | overwrite | keep-first",
+        description="Same SOP Instance UID with different content: reject | overwrite",
     )
     bulk_data_threshold: int = Field(
         1024,

@@ -2,7 +2,7 @@
 
 Implements the server side of the frame resource (PS3.18 §10.4.1.1.4) for the
 uncompressed ``application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1``
-representation (PS3.18 §8.7.3.3.2): every frame is returned as the bytes it
+representation (PS3.18 §8.7.3): every frame is returned as the bytes it
 would have in an Explicit VR Little Endian encoding of the instance — little
 endian samples, each ``BitsAllocated`` wide (PS3.5 §8.1.1, §8.2).
 
@@ -392,7 +392,7 @@ def _slice_native_frame(
         )
     data = read(first_byte, size)
     if len(data) != size:
-        raise UndecodablePixelData(f"the file ends inside frame {index + 1}")
+        raise UndecodablePixelData(f"the file is truncated: it ends inside frame {index + 1}")
     if info.bits_allocated != 1 or (start_bit % 8 == 0 and frame_bits % 8 == 0):
         return data
     shift = start_bit % 8

@@ -270,7 +270,8 @@ class DicomFileReader:
         meta_sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
         warns: list[str] = []
         if meta_sop and meta_sop != uids["SOPInstanceUID"]:
-            warns.append("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
+            # stored as received; the index uses the data set's SOPInstanceUID
+            log.info("%s: MediaStorageSOPInstanceUID differs", uids["SOPInstanceUID"])
         columns: dict[str, Any] = {}
         for attr in ATTRIBUTES:
             if attr.computed or attr.column in ("transfer_syntax_uid",):
@@ -283,8 +284,9 @@ class DicomFileReader:
                 try:
                     columns[attr.column] = int(float(value.split("\\")[0]))
                 except ValueError:
-                    columns[attr.column] = None
-                    warns.append(f"{attr.path} value '{value}' is not an integer")
+                    columns[attr.column] = None  # not indexed; the file keeps its value
+                    log.info("%s: %s '%s' is not an integer", uids["SOPInstanceUID"],
+                             attr.path, value)
                 continue
             if attr.vr in ("DA", "TM"):
                 value = value.split("\\")[0].replace(":", "").replace("-", "").strip()

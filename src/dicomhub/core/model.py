@@ -93,9 +93,7 @@ class StoreOutcome:
     @property
     def failed(self) -> bool:
         """True when the object was not stored (status class Failure)."""
-        return self.status not in (0x0000, 0xB000, 0xB006, 0xB007) and not (
-            self.status == Status.DUPLICATE_SOP_INSTANCE and self.warnings
-        )
+        return self.status not in (0x0000, 0xB000, 0xB006, 0xB007)
 
 
 @dataclass

@@ -135,15 +135,16 @@ class StoreService:
             or self.duplicate_policy == "reject"
         ):
             outcome.status = Status.DUPLICATE_SOP_INSTANCE
-            outcome.message = (
-                f"SOP Instance {parsed.sop_instance_uid} is already stored with different "
-                "content (duplicate policy: reject)"
+            where = (
+                "in another study"
+                if existing.study_instance_uid != parsed.study_instance_uid
+                else f"with different content (duplicate policy: {self.duplicate_policy})"
             )
+            outcome.message = f"SOP Instance {parsed.sop_instance_uid} is already stored {where}"
             return outcome
-        if self.duplicate_policy == "keep-first" or already_moved:
+        if already_moved:  # a concurrent overwrite won the race: report it, keep theirs
             outcome.status = Status.DUPLICATE_SOP_INSTANCE
-            outcome.warnings.append("duplicate SOP instance with different content ignored")
-            outcome.message = "kept the instance stored first (duplicate policy: keep-first)"
+            outcome.message = "a concurrent request stored this SOP Instance first"
             return outcome
         key = storage_key(
             parsed.study_instance_uid,

@@ -196,7 +196,8 @@ async def _stow(request: Request, ctx: Ctx, base: str, study: str | None) -> JSO
     status, doc = _response_dataset(outcomes, base)
     headers = {}
     messages = [
-        f"{o.sop_instance_uid or 'part ' + str(i + 1)}: {o.message}"
+        f"{o.sop_instance_uid or 'part ' + str(i + 1)}: "
+        + "; ".join(m for m in [o.message, *o.warnings] if m)
         for i, o in enumerate(outcomes)
         if o.failed or o.warnings
     ]

@@ -1,0 +1,61 @@
+"""Test helpers: an independent multipart decoder and STOW body builder."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.pixels import pack_bits, pixel_array
+
+
+def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
+    """Decode multipart/related by splitting on the boundary (independent of the server)."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type)
+    assert m, f"no boundary in {content_type}"
+    delim = b"--" + m.group(1).encode()
+    pieces = body.split(delim)
+    assert pieces[-1].startswith(b"--"), "missing closing boundary"
+    parts = []
+    for piece in pieces[1:-1]:
+        assert piece.startswith(b"\r\n")
+        head, _, data = piece[2:].partition(b"\r\n\r\n")
+        assert data.endswith(b"\r\n")
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        parts.append((headers, data[:-2]))
+    return parts
+
+
+def stow_body(files: Iterable[Path | bytes], boundary: str | None = None) -> tuple[bytes, str]:
+    """A STOW-RS request body and its Content-Type."""
+    boundary = boundary or uuid.uuid4().hex
+    out = b""
+    for f in files:
+        data = f if isinstance(f, bytes) else Path(f).read_bytes()
+        out += (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+        )
+    out += f"--{boundary}--\r\n".encode()
+    return out, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def expected_frame(path: Path, number: int) -> bytes:
+    """pydicom's decoded pixels of frame ``number`` (1-based) as native little-endian bytes."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    arr = pixel_array(path, index=number - 1)
+    if int(ds.get("BitsAllocated", 8)) == 1:
+        return bytes(pack_bits(arr))
+    return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def uid(value: dict[str, object], tag: str) -> str:
+    """The first value of a DICOM JSON element."""
+    el = value[tag]
+    assert isinstance(el, dict) and "Value" in el, f"{tag} has no value in {value}"
+    return str(el["Value"][0])
