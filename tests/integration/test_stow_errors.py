@@ -13,7 +13,6 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
-from pydicom.uid import generate_uid
 
 from conftest import SAMPLES, LiveServer, make_settings
 from dicomhub.config import DuplicatePolicy

@@ -267,6 +267,11 @@ class DicomFileReader:
             if not value:
                 raise StoreFailure(Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"missing {kw}")
             uids[kw] = value.strip().rstrip("\x00")
+            if len(uids[kw]) > 64:
+                raise StoreFailure(
+                    Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                    f"{kw} is longer than 64 characters (PS3.5 §9.1)",
+                )
         meta_sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
         warns: list[str] = []
         if meta_sop and meta_sop != uids["SOPInstanceUID"]:

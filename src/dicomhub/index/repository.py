@@ -105,6 +105,19 @@ def _instance_cols() -> list[Any]:
     ]
 
 
+def _clip(table: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Clip strings to their column length: real data exceeds VR maxima (PS3.5 6.2),
+    and the file keeps the full value — only the index copy is shortened."""
+    out = {}
+    for name, value in values.items():
+        if isinstance(value, str):
+            length = getattr(table.c[name].type, "length", None)
+            if length and len(value) > length:
+                value = value[:length]
+        out[name] = value
+    return out
+
+
 def compress_json(doc: dict[str, Any]) -> bytes:
     """The stored form of an instance's DICOM JSON: compact UTF-8, zlib level 6."""
     return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
@@ -194,7 +207,7 @@ class SqlIndex:
             from sqlalchemy.dialects.postgresql import insert as insert_fn
         else:
             from sqlalchemy.dialects.sqlite import insert as insert_fn
-        stmt = insert_fn(table).values(**values).on_conflict_do_nothing().returning(table.c.pk)
+        stmt = insert_fn(table).values(**_clip(table, values)).on_conflict_do_nothing().returning(table.c.pk)
         pk = conn.execute(stmt).scalar()
         if pk is not None:
             return int(pk), True
@@ -239,7 +252,7 @@ class SqlIndex:
             pixel_data_offset=parsed.pixel_data_offset,
             metadata_json=compress_json(parsed.metadata),
         )
-        conn.execute(instances.insert().values(**instance_values))
+        conn.execute(instances.insert().values(**_clip(instances, instance_values)))
         conn.execute(
             update(series)
             .where(series.c.pk == series_pk)
@@ -257,7 +270,7 @@ class SqlIndex:
             .values(
                 num_instances=studies.c.num_instances + 1,
                 num_series=studies.c.num_series + (1 if new_series else 0),
-                modalities_in_study=modalities,
+                modalities_in_study=modalities[:256] if modalities else None,
                 updated_at=func.now(),
             )
         )
