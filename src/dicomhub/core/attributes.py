@@ -172,6 +172,8 @@ DEFAULT_RETURN: dict[Level, tuple[str, ...]] = {
         "BodyPartExamined",
         "PerformedProcedureStepStartDate",
         "PerformedProcedureStepStartTime",
+        "RequestAttributesSequence.ScheduledProcedureStepID",
+        "RequestAttributesSequence.RequestedProcedureID",
         "NumberOfSeriesRelatedInstances",
     ),
     Level.IMAGE: (

@@ -9,6 +9,7 @@ with the QIDO-RS conventions of PS3.18 §8.3.4: ``fuzzymatching``, ``includefiel
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -70,6 +71,10 @@ def _normalize_date(value: str, attr: Attribute) -> str:
     v = v.replace(".", "") if len(v) == 10 and v[4] == "." else v
     if not _DATE_RE.match(v):
         raise InvalidRequest(f"{attr.path}: '{value}' is not a DICOM date (YYYYMMDD)")
+    try:
+        datetime.strptime(v, "%Y%m%d")
+    except ValueError:
+        raise InvalidRequest(f"{attr.path}: '{value}' is not a valid date") from None
     return v
 
 
