@@ -38,9 +38,7 @@ def stow_body(files: Iterable[Path | bytes], boundary: str | None = None) -> tup
     out = b""
     for f in files:
         data = f if isinstance(f, bytes) else Path(f).read_bytes()
-        out += (
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
-        )
+        out += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return out, f'multipart/related; type="application/dicom"; boundary={boundary}'
 

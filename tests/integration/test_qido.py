@@ -27,15 +27,29 @@ ROOT = "1.2.826.0.1.3680043.10.1040"
 # (study, patient name, patient id, date, time, accession, referring, [(series, modality,
 #  series number, n instances)])
 STUDIES = [
-    (1, "DOE^JOHN", "P1", "20200105", "083000", "ACC_1", "WHO^DOCTOR",
-     [(1, "CT", 1, 3), (2, "MR", 2, 1)]),
+    (
+        1,
+        "DOE^JOHN",
+        "P1",
+        "20200105",
+        "083000",
+        "ACC_1",
+        "WHO^DOCTOR",
+        [(1, "CT", 1, 3), (2, "MR", 2, 1)],
+    ),
     (2, "Doe^Jane", "P2", "20200610", "141500.25", "ACC%2", "", [(3, "MR", 1, 2)]),
-    (3, "SMITH^JOHN^A", "P3", "20210101", "235959", "B-77", "HOUSE^GREGORY",
-     [(4, "US", 1, 1)]),
+    (3, "SMITH^JOHN^A", "P3", "20210101", "235959", "B-77", "HOUSE^GREGORY", [(4, "US", 1, 1)]),
     (4, "Müller^Hans", "P4", "20211231", "000000", "", "", [(5, "CT", 7, 2)]),
-    (5, "JOHNSON^MARY", "P1", "19991231", "120000", "X1", "", [(6, "CT", 1, 1),
-                                                              (7, "US", 2, 1),
-                                                              (8, "MR", 3, 1)]),
+    (
+        5,
+        "JOHNSON^MARY",
+        "P1",
+        "19991231",
+        "120000",
+        "X1",
+        "",
+        [(6, "CT", 1, 1), (7, "US", 2, 1), (8, "MR", 3, 1)],
+    ),
 ]
 SOURCES = {"CT": "CT_small.dcm", "MR": "MR_small.dcm", "US": "US1_UNCR.dcm"}
 
@@ -87,8 +101,9 @@ def srv(
     ctx = build_context(make_settings(tmp / "data", url, schema))
     with LiveServer(ctx) as live:
         body, ctype = stow_body(make_instances(tmp))
-        r = requests.post(live.url + "/studies", data=body, headers={"Content-Type": ctype},
-                          timeout=120)
+        r = requests.post(
+            live.url + "/studies", data=body, headers={"Content-Type": ctype}, timeout=120
+        )
         assert r.status_code == 200, r.text
         yield live
     ctx.close()
@@ -175,7 +190,9 @@ def test_series_level(srv: LiveServer) -> None:
     client = DICOMwebClient(srv.url)
     found = client.search_for_series(search_filters={"Modality": "CT"})
     assert sorted(uid(s, "0020000E") for s in found) == [
-        f"{ROOT}.1.1", f"{ROOT}.4.5", f"{ROOT}.5.6"
+        f"{ROOT}.1.1",
+        f"{ROOT}.4.5",
+        f"{ROOT}.5.6",
     ]
     found = client.search_for_series(search_filters={"SeriesNumber": "7"})
     assert [uid(s, "0020000E") for s in found] == [f"{ROOT}.4.5"]
@@ -200,7 +217,9 @@ def test_instance_level(srv: LiveServer) -> None:
     assert [x["00200013"]["Value"][0] for x in found] == [1, 2, 3]
     found = client.search_for_instances(search_filters={"InstanceNumber": "2"})
     assert sorted(uid(x, "00080018") for x in found) == [
-        f"{ROOT}.1.1.2", f"{ROOT}.2.3.2", f"{ROOT}.4.5.2"
+        f"{ROOT}.1.1.2",
+        f"{ROOT}.2.3.2",
+        f"{ROOT}.4.5.2",
     ]
     found = client.search_for_instances(
         f"{ROOT}.3", search_filters={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.6.1"}
@@ -216,8 +235,7 @@ def test_instance_level(srv: LiveServer) -> None:
 def test_limit_and_offset_page_through_everything(srv: LiveServer) -> None:
     seen: list[str] = []
     for offset in range(0, 20, 4):
-        r = requests.get(srv.url + "/instances", params={"limit": 4, "offset": offset},
-                         timeout=30)
+        r = requests.get(srv.url + "/instances", params={"limit": 4, "offset": offset}, timeout=30)
         page = [uid(x, "00080018") for x in r.json()]
         assert len(page) <= 4
         seen += page
@@ -227,16 +245,24 @@ def test_limit_and_offset_page_through_everything(srv: LiveServer) -> None:
 
 
 def test_includefield(srv: LiveServer) -> None:
-    r = requests.get(srv.url + "/studies", timeout=30,
-                     params={"StudyInstanceUID": f"{ROOT}.1",
-                             "includefield": "PatientWeight,00080070"})
+    r = requests.get(
+        srv.url + "/studies",
+        timeout=30,
+        params={"StudyInstanceUID": f"{ROOT}.1", "includefield": "PatientWeight,00080070"},
+    )
     doc = r.json()[0]
     assert "00101030" in doc and "00080070" in doc  # from the stored metadata
-    r = requests.get(srv.url + "/studies", timeout=30,
-                     params={"StudyInstanceUID": f"{ROOT}.1", "includefield": "all"})
+    r = requests.get(
+        srv.url + "/studies",
+        timeout=30,
+        params={"StudyInstanceUID": f"{ROOT}.1", "includefield": "all"},
+    )
     assert "00101030" in r.json()[0]  # patient module attributes come with 'all'
-    r = requests.get(f"{srv.url}/studies/{ROOT}.1/series/{ROOT}.1.1/instances", timeout=30,
-                     params={"includefield": "all", "limit": "1"})
+    r = requests.get(
+        f"{srv.url}/studies/{ROOT}.1/series/{ROOT}.1.1/instances",
+        timeout=30,
+        params={"includefield": "all", "limit": "1"},
+    )
     doc = r.json()[0]
     assert "00180050" in doc  # SliceThickness: every non-bulk attribute of the instance
     assert "7FE00010" not in doc
@@ -276,8 +302,7 @@ def test_bad_query_is_400(srv: LiveServer, params: dict[str, str]) -> None:
 
 
 def test_accept_that_cannot_be_met_is_406(srv: LiveServer) -> None:
-    r = requests.get(srv.url + "/studies", headers={"Accept": "application/dicom+xml"},
-                     timeout=30)
+    r = requests.get(srv.url + "/studies", headers={"Accept": "application/dicom+xml"}, timeout=30)
     assert r.status_code == 406
 
 
@@ -295,9 +320,7 @@ def test_queries_use_indexes_not_scans(srv: LiveServer) -> None:
     with index.engine.connect() as conn:
         for name, sql in queries.items():
             if index.dialect == "sqlite":
-                plan = " ".join(
-                    str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql))
-                )
+                plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
                 assert "USING" in plan and "INDEX" in plan, (name, plan)
             else:
                 conn.execute(text("SET enable_seqscan = off"))

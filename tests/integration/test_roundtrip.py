@@ -40,8 +40,10 @@ def _identity(sample: Sample) -> tuple[str, str, str, str] | None:
         return None
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
         return None
-    values = [ds.get(k) for k in
-              ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")]
+    values = [
+        ds.get(k)
+        for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+    ]
     if not all(values):
         return None
     return tuple(str(v) for v in values)  # type: ignore[return-value]
@@ -95,8 +97,9 @@ def test_samples_cover_the_modalities_and_syntaxes() -> None:
     assert len(STORABLE) > 300
 
 
-def _check_sample(srv: LiveServer, client: DICOMwebClient, sample: Sample,
-                  ident: tuple[str, str, str, str]) -> list[str]:
+def _check_sample(
+    srv: LiveServer, client: DICOMwebClient, sample: Sample, ident: tuple[str, str, str, str]
+) -> list[str]:
     """All per-sample checks; returns the problems found (empty = all good)."""
     problems: list[str] = []
     study, series, sop, sop_class = ident
@@ -159,8 +162,9 @@ def _check_sample(srv: LiveServer, client: DICOMwebClient, sample: Sample,
     return problems
 
 
-def _check_undecodable(srv: LiveServer, sample: Sample, ident: tuple[str, str, str, str]
-                       ) -> list[str]:
+def _check_undecodable(
+    srv: LiveServer, sample: Sample, ident: tuple[str, str, str, str]
+) -> list[str]:
     """Pixels pydicom cannot decode: a clean 406, or — where dicomhub can decode them
     (Deflated Image Frame Compression, 1.2.840.10008.1.2.8.1) — exactly the frames of
     the uncompressed or lossless J2K copy of the same image that the samples include."""
@@ -194,14 +198,18 @@ def _window_hides_everything(path: Path) -> bool:
     return bool(arr.min() >= high or arr.max() <= low)
 
 
-def _check_pixels(srv: LiveServer, client: DICOMwebClient, sample: Sample,
-                  ident: tuple[str, str, str, str]) -> list[str]:
+def _check_pixels(
+    srv: LiveServer, client: DICOMwebClient, sample: Sample, ident: tuple[str, str, str, str]
+) -> list[str]:
     problems: list[str] = []
     study, series, sop, _ = ident
     n = sample.frames
     numbers = sorted({1, n})
     frames = client.retrieve_instance_frames(
-        study, series, sop, numbers,
+        study,
+        series,
+        sop,
+        numbers,
         media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),),
     )
     for number, data in zip(numbers, frames, strict=True):
@@ -219,7 +227,8 @@ def _check_pixels(srv: LiveServer, client: DICOMwebClient, sample: Sample,
         problems.append("rendered image is blank")
     jpeg = requests.get(
         f"{srv.url}/studies/{study}/series/{series}/instances/{sop}/frames/{n}/rendered",
-        params={"viewport": "64,64"}, timeout=60,
+        params={"viewport": "64,64"},
+        timeout=60,
     )
     if jpeg.status_code != 200 or jpeg.headers["content-type"] != "image/jpeg":
         problems.append(f"rendered frame {n}: HTTP {jpeg.status_code}")
@@ -237,8 +246,9 @@ def test_roundtrip_wave(archive: LiveServer, wave: int) -> None:
     for i in range(0, len(items), 25):
         batch = items[i : i + 25]
         body, ctype = stow_body([s.path for s, _ in batch])
-        r = requests.post(f"{srv.url}/studies", data=body, headers={"Content-Type": ctype},
-                          timeout=300)
+        r = requests.post(
+            f"{srv.url}/studies", data=body, headers={"Content-Type": ctype}, timeout=300
+        )
         assert r.status_code == 200, (r.status_code, r.text[:2000], r.headers.get("warning"))
         stored = {uid(x, "00081155") for x in r.json()["00081199"]["Value"]}
         assert stored == {ident[2] for _, ident in batch}
@@ -262,8 +272,9 @@ def test_roundtrip_wave(archive: LiveServer, wave: int) -> None:
 def test_unstorable_samples_fail_cleanly(server: LiveServer, sample: Sample) -> None:
     """Files without File Meta Information or without identifying UIDs: 409, nothing stored."""
     body, ctype = stow_body([sample.path])
-    r = requests.post(f"{server.url}/studies", data=body, headers={"Content-Type": ctype},
-                      timeout=60)
+    r = requests.post(
+        f"{server.url}/studies", data=body, headers={"Content-Type": ctype}, timeout=60
+    )
     assert r.status_code == 409, r.text
     failed = r.json()["00081198"]["Value"]
     assert failed[0]["00081197"]["Value"][0] in (0xC000, 0xA900)
@@ -271,4 +282,3 @@ def test_unstorable_samples_fail_cleanly(server: LiveServer, sample: Sample) -> 
     assert server.ctx.index.count_instances() == 0
     assert not list((server.ctx.settings.data_dir / "storage").rglob("*.dcm"))
     assert not list((server.ctx.settings.data_dir / "storage" / "staging").iterdir())
-

@@ -24,8 +24,9 @@ MR_J2K = SAMPLES / "nema-wg04" / "J2KR" / "MR1_J2KR"
 US_RLE = SAMPLES / "nema-wg04" / "RLE" / "US1_RLE"
 
 
-def post(srv: LiveServer, body: bytes, ctype: str | None, path: str = "/studies",
-         **headers: str) -> requests.Response:
+def post(
+    srv: LiveServer, body: bytes, ctype: str | None, path: str = "/studies", **headers: str
+) -> requests.Response:
     h = dict(headers)
     if ctype is not None:
         h["Content-Type"] = ctype
@@ -161,9 +162,7 @@ def test_all_parts_for_another_study_is_409(server: LiveServer) -> None:
         ('multipart/related; type="application/dicom"', 400),  # no boundary
     ],
 )
-def test_wrong_or_missing_content_type(
-    server: LiveServer, ctype: str | None, status: int
-) -> None:
+def test_wrong_or_missing_content_type(server: LiveServer, ctype: str | None, status: int) -> None:
     """In: a valid CT body with a wrong, incomplete or missing Content-Type."""
     body, _ = stow_body([CT], boundary="x")
     r = post(server, body, ctype)
@@ -214,8 +213,9 @@ def test_non_dicom_part_type(server: LiveServer) -> None:
 @pytest.fixture
 def small_limit_server(tmp_path: Path) -> Iterator[LiveServer]:
     ctx = build_context(
-        make_settings(tmp_path / "d", f"sqlite:///{tmp_path / 'i.sqlite3'}", None,
-                      max_request_bytes=300_000)
+        make_settings(
+            tmp_path / "d", f"sqlite:///{tmp_path / 'i.sqlite3'}", None, max_request_bytes=300_000
+        )
     )
     with LiveServer(ctx) as live:
         yield live
@@ -239,8 +239,12 @@ def test_oversized_chunked_body(small_limit_server: LiveServer) -> None:
         for i in range(0, len(body), 65536):
             yield body[i : i + 65536]
 
-    r = requests.post(small_limit_server.url + "/studies", data=chunks(),
-                      headers={"Content-Type": ctype}, timeout=60)
+    r = requests.post(
+        small_limit_server.url + "/studies",
+        data=chunks(),
+        headers={"Content-Type": ctype},
+        timeout=60,
+    )
     assert r.status_code == 413
     assert_nothing_stored(small_limit_server)
 
@@ -272,8 +276,12 @@ def test_different_content_same_uid_is_rejected_by_default(
 def test_overwrite_policy_replaces(tmp_path: Path) -> None:
     """In: the CT, then a changed copy with the same UIDs, under duplicate_policy=overwrite."""
     ctx = build_context(
-        make_settings(tmp_path / "d", f"sqlite:///{tmp_path / 'i.sqlite3'}", None,
-                      duplicate_policy=DuplicatePolicy.OVERWRITE)
+        make_settings(
+            tmp_path / "d",
+            f"sqlite:///{tmp_path / 'i.sqlite3'}",
+            None,
+            duplicate_policy=DuplicatePolicy.OVERWRITE,
+        )
     )
     with LiveServer(ctx) as srv:
         assert post(srv, *stow_body([CT])).status_code == 200

@@ -290,8 +290,9 @@ class DicomFileReader:
                     columns[attr.column] = int(float(value.split("\\")[0]))
                 except ValueError:
                     columns[attr.column] = None  # not indexed; the file keeps its value
-                    log.info("%s: %s '%s' is not an integer", uids["SOPInstanceUID"],
-                             attr.path, value)
+                    log.info(
+                        "%s: %s '%s' is not an integer", uids["SOPInstanceUID"], attr.path, value
+                    )
                 continue
             if attr.vr in ("DA", "TM"):
                 value = value.split("\\")[0].replace(":", "").replace("-", "").strip()

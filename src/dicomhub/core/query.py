@@ -9,9 +9,9 @@ with the QIDO-RS conventions of PS3.18 §8.3.4: ``fuzzymatching``, ``includefiel
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 from dicomhub.core.attributes import (

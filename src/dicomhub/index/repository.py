@@ -207,7 +207,12 @@ class SqlIndex:
             from sqlalchemy.dialects.postgresql import insert as insert_fn
         else:
             from sqlalchemy.dialects.sqlite import insert as insert_fn
-        stmt = insert_fn(table).values(**_clip(table, values)).on_conflict_do_nothing().returning(table.c.pk)
+        stmt = (
+            insert_fn(table)
+            .values(**_clip(table, values))
+            .on_conflict_do_nothing()
+            .returning(table.c.pk)
+        )
         pk = conn.execute(stmt).scalar()
         if pk is not None:
             return int(pk), True
