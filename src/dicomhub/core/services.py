@@ -107,17 +107,27 @@ class StoreService:
             self.index.add_instance(parsed, staged, key)
         except DuplicateInstance:
             # lost a race with a concurrent store of the same SOP Instance UID
-            self.blobs.delete(key)
-            existing = self.index.find_instance(parsed.sop_instance_uid)
+            existing = self._discard(key, parsed.sop_instance_uid)
             if existing is None:
                 raise
             return self._duplicate(existing, parsed, staged, outcome, already_moved=True)
         except BaseException:
-            self.blobs.delete(key)  # compensate: no blob without its index row
+            self._discard(key, parsed.sop_instance_uid)  # compensate: no blob without its row
             raise
         if outcome.warnings:
             outcome.status = Status.COERCION_OF_DATA_ELEMENTS
         return outcome
+
+    def _discard(self, key: str, sop_instance_uid: str) -> StoredInstance | None:
+        """Remove a blob we wrote unless the index references it.
+
+        Identical content has the same key, so a concurrent store of the same bytes
+        that committed first owns this very file: it must stay.
+        """
+        existing = self.index.find_instance(sop_instance_uid)
+        if existing is None or existing.storage_key != key:
+            self.blobs.delete(key)
+        return existing
 
     def _duplicate(
         self,

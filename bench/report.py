@@ -1,0 +1,242 @@
+"""Results: machine facts, the comparison table, JSON and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Metric:
+    """One row of the table: a value per server (median of runs)."""
+
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    values: dict[str, float] = field(default_factory=dict)
+    runs: dict[str, list[float]] = field(default_factory=dict)
+    target: str = ""
+
+
+def machine_facts(data_dir: Path) -> dict[str, Any]:
+    """CPU, cores, RAM, OS, kernel and the filesystem holding the servers' data."""
+    cpu = "?"
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    os_name = platform.system()
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "ram_gib": round(mem_kib / 1024**2, 1),
+        "os": os_name,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "data_filesystem": _filesystem(data_dir),
+    }
+
+
+def _filesystem(path: Path) -> str:
+    best, fstype, device = "", "?", "?"
+    resolved = str(path.resolve())
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            dev, mount, kind = line.split()[:3]
+            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) > len(best):
+                best, fstype, device = mount, kind, dev
+    except OSError:
+        pass
+    return f"{fstype} ({device} on {best})"
+
+
+def package_version(name: str) -> str:
+    """Installed version of a Python distribution, or '?'."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
+def debian_version(pkg: str) -> str:
+    """Installed version of a Debian package, or '?'."""
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True
+    )
+    return out.stdout.strip() or "?"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def ratio(m: Metric, server: str, peer: str = "orthanc") -> float | None:
+    """How many times better ``server`` is than ``peer`` (>1: better)."""
+    a, b = m.values.get(server), m.values.get(peer)
+    if a is None or b is None or not a or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b if m.higher_is_better else b / a
+
+
+def table(metrics: list[Metric], servers: list[str], peer: str = "orthanc") -> str:
+    """The comparison as a Markdown table."""
+    ours = [s for s in servers if s != peer]
+    head = ["Workload", "Unit", *servers, *[f"{s} vs {peer}" for s in ours], "Target"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in metrics:
+        cells = [m.label, m.unit + (" ↑" if m.higher_is_better else " ↓")]
+        cells += [_fmt(m.values.get(s)) for s in servers]
+        for s in ours:
+            r = ratio(m, s, peer)
+            cells.append("—" if r is None else f"{r:.2f}×")
+        cells.append(m.target)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, results: dict[str, Any], metrics: list[Metric]) -> None:
+    """Write every number, every run and the parameters as JSON (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {**results, "metrics": [asdict(m) for m in metrics]}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def markdown(results: dict[str, Any], metrics: list[Metric], servers: list[str]) -> str:
+    """docs/benchmarks.md: machine, versions, methodology, table, notes."""
+    m = results["machine"]
+    v = results["versions"]
+    p = results["params"]
+    notes: list[str] = results.get("notes", [])
+    static = results.get("static_limit_mb_s")
+    wado = next((x for x in metrics if x.key == "wado_series"), None)
+    static_lines = []
+    if static and wado:
+        for s in servers:
+            if s in wado.values:
+                static_lines.append(f"{s} {100 * wado.values[s] / static:.0f} %")
+    n_small = p["qido_studies"] * p["per_study"]
+    workers = ", ".join(
+        "1 worker (default)" if w == 1 else f"{w} workers" for w in p["dicomhub_workers"]
+    )
+    text = f"""# Benchmarks: dicomhub and Orthanc, same machine, same run, same data
+
+Generated by `make bench` (`bench/run.py`) on {results["date"]}; every number below
+comes from that one run. Raw numbers, every run and all parameters:
+`bench/results/latest.json` (not committed). The machine is shared and noisy (±20–50 %
+between runs is normal here): compare columns within one table, not across dates.
+
+## Machine and versions
+
+| | |
+|---|---|
+| CPU | {m["cpu_model"]} |
+| Cores | {m["cores"]} ({m["cores_usable"]} usable) |
+| RAM | {m["ram_gib"]} GiB |
+| OS / kernel | {m["os"]} / {m["kernel"]} |
+| Servers' data on | {m["data_filesystem"]} |
+| dicomhub | {v["dicomhub"]} (Python {m["python"]}, uvicorn {v["uvicorn"]}, SQLite index) |
+| Orthanc | {v["orthanc"]} (Debian {v["orthanc_deb"]}), DICOMweb plugin {v["orthanc_dicomweb"]} |
+| Client | requests {v["requests"]}, pydicom {v["pydicom"]}, numpy {v["numpy"]} |
+
+## Methodology
+
+- **Servers.** All run at the same time on loopback ports, each on a fresh temporary
+  directory, and are measured one after the other (round-robin within each run, so
+  drifts of the machine hit all alike). dicomhub is started as users do,
+  `dicomhub serve --data-dir … --http-port …` (SQLite index, fsync on), with
+  {workers}, log level `{p["dicomhub_log_level"]}`. Orthanc {v["orthanc"]} runs with
+  its defaults (SQLite index, `SyncStorageArea` = fsync on, 50 HTTP threads,
+  `TCP_NODELAY=1`) plus the DICOMweb plugin at `/dicom-web/`.
+- **Data (generated, never downloaded).** A CT phantom series: {p["slices"]} slices of
+  512×512 int16 (MONOCHROME2, RescaleIntercept −1024; an elliptic body with fat,
+  a bone ring, lungs and spine, gaussian noise), CT Image Storage, Explicit VR Little
+  Endian, {p["ct_mb"]:.1f} MB in total. For QIDO-RS, {p["qido_studies"]:,} small studies
+  × {p["per_study"]} instances = {n_small:,} instances of 64×64 pixels with varied
+  PatientName, PatientID and StudyDate (2010–2024). The same files go to every server.
+- **Client.** Python `requests` on the same 2 cores (it competes with the server for
+  CPU, equally for both), `Accept-Encoding: identity`, keep-alive sessions.
+- **STOW-RS.** `POST /studies` with multipart/related bodies of {p["per_request"]}
+  instances (`type="application/dicom"`): 4 parallel clients (threads, one body each at
+  a time) and 1 client; instances/s over the whole series. The study is deleted
+  before each run (dicomhub: `DELETE /dicom-web/studies/{{uid}}`; Orthanc:
+  `/tools/lookup` then `DELETE /studies/{{id}}`), so each run ingests fresh.
+  {p["runs"]} runs, median. The small studies are then loaded once the same way
+  (4 clients × 100 instances per request), also reported.
+- **QIDO-RS.** `GET /studies?…` with {p["queries"]} different queries per kind and
+  run, sequential, {p["qido_runs"]} runs: by PatientID, by PatientName prefix
+  wildcard (`NAME*`, the `*` sent unencoded), by StudyDate range (7 days), by
+  StudyInstanceUID. p50 and p95 per run, median over runs. Each answer's study count
+  is checked against the generated data.
+- **WADO-RS series.** `GET /studies/{{s}}/series/{{se}}` with Accept
+  `multipart/related; type="application/dicom"`, body streamed in 1 MiB chunks and
+  counted; MB/s = 10⁶ bytes/s; {p["runs"]} runs, median, after one warm-up.
+  The static limit is the same files sent by a trivial asyncio server with
+  `loop.sendfile` as one multipart body, read by the same client.
+- **Series metadata.** `GET /studies/{{s}}/series/{{se}}/metadata` (DICOM JSON),
+  whole body, ms; {p["runs"]} runs, median, after one warm-up.
+- **Frames.** {p["frames"]} single-frame requests `/instances/{{i}}/frames/1` over the
+  series, Accept `multipart/related; type="application/octet-stream";
+  transfer-syntax=1.2.840.10008.1.2.1`; each payload checked to be 512·512·2 bytes;
+  p50/p95 per run, median over {p["runs"]} runs.
+- **Memory.** Peak RSS (VmHWM from /proc, summed over a server's processes) after
+  all workloads.
+
+## Results
+
+Ratios: for throughput dicomhub/Orthanc, for latency and memory Orthanc/dicomhub
+(speedup); above 1× dicomhub is better. ↑ higher is better, ↓ lower is better.
+Targets are the roadmap's, for reference, not assertions.
+
+{table(metrics, servers)}
+
+Static sendfile limit for the same series and client: {_fmt(static)} MB/s
+({"; ".join(static_lines) or "—"} of it).
+"""
+    if notes:
+        text += "\n## Notes from this run\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    text += """
+## Running it
+
+```
+make bench                          # default run (~10 min on 2 cores)
+make bench ARGS=--quick             # smoke run (~2 min)
+make bench ARGS="--qido-studies 20000"   # QIDO at 100k instances
+.venv/bin/python -m bench.run --help
+```
+
+`make bench` installs Debian's `orthanc` and `orthanc-dicomweb` if they are missing
+(apt-get), generates the data in a temporary directory, starts and stops every server
+itself, and overwrites this page and `bench/results/latest.json`.
+"""
+    return text
