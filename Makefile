@@ -32,3 +32,8 @@ test: lint typecheck
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks side by side with Orthanc (not part of `make test`); see docs/benchmarks.md.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(ARGS)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 CT_SIZE = 512
 SMALL_SIZE = 64
@@ -62,8 +62,8 @@ class SmallStudy:
 def _file_dataset(sop_class: str, sop_instance: str) -> Dataset:
     ds = Dataset()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -121,7 +121,8 @@ def phantom_slice(
     hu[r_spine <= 15] = 300.0  # cancellous core
     noise = rng.normal(0.0, 12.0, size=hu.shape).astype(np.float32)
     noise[~body] *= 0.3
-    return np.clip(np.rint(hu + noise + 1024.0), -2048, 4095).astype(np.int16)
+    stored: np.ndarray = np.clip(np.rint(hu + noise + 1024.0), -2048, 4095).astype(np.int16)
+    return stored
 
 
 def make_ct_series(out_dir: Path, n_slices: int, seed: int = 1) -> Series:
@@ -174,18 +175,18 @@ def make_ct_series(out_dir: Path, n_slices: int, seed: int = 1) -> Series:
     return series
 
 
-_SYLLABLES = (
+_SYLLABLES = (  # noqa: SIM905 - a word list reads best as one string
     "KA MO RI TA SE NU LO VE DA BI GO HA JU PE ZA WI NO RU TO MI "
     "BER CAN DEL FOR GAR HOL LIN MAR NOR PAR ROS SAN TER VAL WEB"
 ).split()
-_GIVEN = (
+_GIVEN = (  # noqa: SIM905
     "ANNA JOHN MARIA PETER SOFIA LUCAS EMMA NOAH MIA LIAM OLGA IVAN "
     "YUKI KENJI AMIR LEILA PAUL CLARA HUGO INES"
 ).split()
 
 
 def surnames() -> list[str]:
-    """The surname pool: every syllable pair (40 × 40 = 1600 distinct names)."""
+    """The surname pool: every pair of syllables (35 × 35 = 1225 names)."""
     return [a + b for a in _SYLLABLES for b in _SYLLABLES]
 
 
@@ -203,11 +204,11 @@ def plan_small_studies(n_studies: int, seed: int = 2) -> list[tuple[str, str, st
         )
         for p in range(n_patients)
     ]
-    plan = []
+    plan: list[tuple[str, str, str, str]] = []
     for _ in range(n_studies):
         pid, pname = patients[int(rng.integers(n_patients))]
         date = dt.date.fromordinal(start + int(rng.integers(span + 1))).strftime("%Y%m%d")
-        plan.append((generate_uid(), pid, pname, date))
+        plan.append((str(generate_uid()), pid, pname, date))
     return plan
 
 
@@ -282,9 +283,7 @@ def make_small_studies(
     """Write ``n_studies`` studies × ``per_study`` 64×64 instances, in parallel processes."""
     plan = plan_small_studies(n_studies, seed)
     chunk = 250
-    jobs = [
-        (out_dir, plan[i : i + chunk], per_study, i, seed) for i in range(0, len(plan), chunk)
-    ]
+    jobs = [(out_dir, plan[i : i + chunk], per_study, i, seed) for i in range(0, len(plan), chunk)]
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(jobs) == 1:
         return [s for job in jobs for s in _write_small_chunk(job)]

@@ -6,7 +6,9 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,35 @@ def machine_facts(data_dir: Path) -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "data_filesystem": _filesystem(data_dir),
+        "fsync_ms": fsync_latency_ms(data_dir),
     }
+
+
+def fsync_latency_ms(directory: Path, n: int = 20) -> float:
+    """Median ms to write 512 KiB, fsync it and fsync its directory (the durable-store cost)."""
+    target = directory / "fsync-probe"
+    target.mkdir(parents=True, exist_ok=True)
+    payload = os.urandom(512 * 1024)
+    times = []
+    try:
+        for i in range(n):
+            start = time.perf_counter()
+            fd = os.open(target / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dfd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    times.sort()
+    return round(times[len(times) // 2], 2)
 
 
 def _filesystem(path: Path) -> str:
@@ -83,9 +113,7 @@ def package_version(name: str) -> str:
 
 def debian_version(pkg: str) -> str:
     """Installed version of a Debian package, or '?'."""
-    out = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True
-    )
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True)
     return out.stdout.strip() or "?"
 
 
@@ -120,6 +148,14 @@ def table(metrics: list[Metric], servers: list[str], peer: str = "orthanc") -> s
             cells.append("—" if r is None else f"{r:.2f}×")
         cells.append(m.target)
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cpu_table(cpu: dict[str, dict[str, float]], servers: list[str]) -> str:
+    """Server CPU milliseconds per operation as a Markdown table."""
+    lines = ["| Operation | " + " | ".join(servers) + " |", "|" + "---|" * (len(servers) + 1)]
+    for phase, by in cpu.items():
+        lines.append(f"| {phase} | " + " | ".join(_fmt(by.get(s)) for s in servers) + " |")
     return "\n".join(lines)
 
 
@@ -165,6 +201,7 @@ between runs is normal here): compare columns within one table, not across dates
 | RAM | {m["ram_gib"]} GiB |
 | OS / kernel | {m["os"]} / {m["kernel"]} |
 | Servers' data on | {m["data_filesystem"]} |
+| Durable write here | {m["fsync_ms"]} ms median to write 512 KiB + fsync file + fsync directory |
 | dicomhub | {v["dicomhub"]} (Python {m["python"]}, uvicorn {v["uvicorn"]}, SQLite index) |
 | Orthanc | {v["orthanc"]} (Debian {v["orthanc_deb"]}), DICOMweb plugin {v["orthanc_dicomweb"]} |
 | Client | requests {v["requests"]}, pydicom {v["pydicom"]}, numpy {v["numpy"]} |
@@ -222,6 +259,14 @@ Targets are the roadmap's, for reference, not assertions.
 
 Static sendfile limit for the same series and client: {_fmt(static)} MB/s
 ({"; ".join(static_lines) or "—"} of it).
+
+### Server CPU per operation (ms)
+
+User + system CPU time of the server's processes (from /proc) during the timed
+requests, divided by the operations served: where a server spends its cores, apart
+from waiting on the disk or the client.
+
+{cpu_table(results.get("server_cpu_ms_per_op", {}), servers)}
 """
     if notes:
         text += "\n## Notes from this run\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -117,6 +117,7 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{self.name}.log"
         self.version = "?"
+        self.command_line: list[str] = []
 
     @property
     def origin(self) -> str:
@@ -143,9 +144,10 @@ class Server:
     def start(self, timeout: float = 60.0) -> None:
         """Start the process and wait until it answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.command_line = self.command()
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            self.command(),
+            self.command_line,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -188,6 +190,17 @@ class Server:
     def rss_mib(self) -> float:
         """Current resident set size summed over the process tree, in MiB."""
         return sum(_status_kib(p, "VmRSS") for p in self.pids()) / 1024
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the process and its live descendants."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        return total / os.sysconf("SC_CLK_TCK")
 
     def delete_study(self, s: requests.Session, study_uid: str) -> None:
         """Delete a study if it is present."""

@@ -40,13 +40,13 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, bool] | None
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split()
     path = parts[1] if len(parts) > 1 else "/"
-    close = any(line.lower().startswith("connection:") and "close" in line.lower() for line in lines)
+    close = any(
+        line.lower().startswith("connection:") and "close" in line.lower() for line in lines
+    )
     return path, not close
 
 
-async def _handle(
-    files: Files, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
+async def _handle(files: Files, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     loop = asyncio.get_running_loop()
     try:
         while (req := await _read_request(reader)) is not None:

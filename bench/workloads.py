@@ -77,9 +77,13 @@ def _check_stow(r: requests.Response, expected: int) -> None:
         raise RuntimeError(f"STOW-RS stored {stored}/{expected}, {failed} failed")
 
 
-def stow(base: str, bodies: Sequence[StowBody], clients: int) -> float:
-    """POST the bodies to ``{base}/studies`` with ``clients`` parallel clients; seconds."""
-    work: queue.SimpleQueue[StowBody] = queue.SimpleQueue()
+def stow(base: str, bodies: Sequence[StowBody | Sequence[Path]], clients: int) -> float:
+    """POST the bodies to ``{base}/studies`` with ``clients`` parallel clients; seconds.
+
+    A body may also be a group of files, packed by the client thread that sends it (so
+    a large load need not sit in memory at once).
+    """
+    work: queue.SimpleQueue[StowBody | Sequence[Path]] = queue.SimpleQueue()
     for b in bodies:
         work.put(b)
     barrier = threading.Barrier(clients + 1)
@@ -91,9 +95,10 @@ def stow(base: str, bodies: Sequence[StowBody], clients: int) -> float:
             try:
                 while True:
                     try:
-                        body = work.get_nowait()
+                        item = work.get_nowait()
                     except queue.Empty:
                         return
+                    body = item if isinstance(item, StowBody) else stow_bodies(item, len(item))[0]
                     r = s.post(
                         f"{base}/studies",
                         data=body.data,

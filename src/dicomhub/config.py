@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     qido_max_limit: int = Field(10000, description="Largest QIDO-RS limit accepted.")
     fsync: bool = Field(True, description="fsync every stored object before indexing it.")
     workers: int = Field(1, description="HTTP worker processes.")
+    dimse_port: int = Field(11112, description="DICOM (DIMSE) port; 0 disables the DIMSE edge.")
+    dimse_host: str | None = Field(None, description="DIMSE bind address (default: host).")
+    ae_title: str = Field("DICOMHUB", description="Our application entity title.")
+    max_pdu: int = Field(262144, description="Largest P-DATA PDU we receive (bytes).")
+    max_associations: int = Field(16, description="Concurrent DIMSE associations.")
+    acse_timeout: float = Field(30, description="Association request/release timeout (s).")
+    dimse_timeout: float = Field(60, description="DIMSE message timeout (s).")
+    network_timeout: float = Field(60, description="Idle association timeout (s).")
     log_level: str = Field("info", description="Log level.")
 
     @property

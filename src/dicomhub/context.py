@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from dicomhub.codecs.pixels import PydicomPixelCodec
 from dicomhub.codecs.reader import DicomFileReader
 from dicomhub.config import Settings
-from dicomhub.core.services import DeleteService, QueryService, RetrieveService, StoreService
+from dicomhub.core.services import (
+    DeleteService,
+    NodeService,
+    QueryService,
+    RetrieveService,
+    StoreService,
+)
+from dicomhub.index.nodes import SqlNodeRegistry
 from dicomhub.index.repository import SqlIndex
 from dicomhub.storage.filesystem import FileSystemBlobStore
 
@@ -26,6 +33,7 @@ class Context:
     query: QueryService
     retrieve: RetrieveService
     delete: DeleteService
+    nodes: NodeService
 
     def close(self) -> None:
         """Release database connections."""
@@ -49,4 +57,5 @@ def build_context(settings: Settings, *, migrate: bool = True) -> Context:
         query=QueryService(index),
         retrieve=RetrieveService(index, blobs, pixels),
         delete=DeleteService(index, blobs),
+        nodes=NodeService(SqlNodeRegistry(index.engine, index.write_engine)),
     )

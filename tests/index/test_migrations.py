@@ -23,4 +23,4 @@ def test_upgrade_is_idempotent_and_versioned(ctx: Context) -> None:
     ctx.index.upgrade()  # second run: nothing to do, no error
     with ctx.index.engine.connect() as conn:
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert version == "0001"
+    assert version == "0002"

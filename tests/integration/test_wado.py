@@ -91,8 +91,12 @@ def test_explicit_vr_little_endian_is_decompressed_losslessly(loaded: LiveServer
         assert headers["content-type"].endswith("transfer-syntax=1.2.840.10008.1.2.1")
         got = pydicom.dcmread(io.BytesIO(data))
         assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
-        want = pydicom.dcmread(path).pixel_array
-        assert np.array_equal(got.pixel_array, want)
+        original = pydicom.dcmread(path)
+        assert np.array_equal(got.pixel_array, original.pixel_array)
+        # the same instance, not a new one: UIDs and other attributes are kept
+        assert got.SOPInstanceUID == original.SOPInstanceUID
+        assert got.file_meta.MediaStorageSOPInstanceUID == original.SOPInstanceUID
+        assert got.PatientName == original.PatientName
 
 
 def test_unmeetable_accept_is_406(loaded: LiveServer) -> None:

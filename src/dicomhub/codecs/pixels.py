@@ -78,7 +78,7 @@ class PydicomPixelCodec:
             ds: Dataset = pydicom.dcmread(path)
         try:
             if ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress()
+                ds.decompress(generate_instance_uid=False)
             else:
                 ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         except Exception as exc:

@@ -47,6 +47,34 @@ def _a(path: str, tag: str, vr: str, level: Level, column: str, **kw: bool) -> A
 S, SE, IM = Level.STUDY, Level.SERIES, Level.IMAGE
 
 ATTRIBUTES: tuple[Attribute, ...] = (
+    # Patient level of Patient Root C-FIND (PS3.4 C.6.1.1.2): computed per patient.
+    _a(
+        "NumberOfPatientRelatedStudies",
+        "00201200",
+        "IS",
+        Level.PATIENT,
+        "num_patient_studies",
+        matching=False,
+        computed=True,
+    ),
+    _a(
+        "NumberOfPatientRelatedSeries",
+        "00201202",
+        "IS",
+        Level.PATIENT,
+        "num_patient_series",
+        matching=False,
+        computed=True,
+    ),
+    _a(
+        "NumberOfPatientRelatedInstances",
+        "00201204",
+        "IS",
+        Level.PATIENT,
+        "num_patient_instances",
+        matching=False,
+        computed=True,
+    ),
     # Patient module, kept on the study row (study-root and patient-root both read it).
     _a("PatientName", "00100010", "PN", S, "patient_name"),
     _a("PatientID", "00100020", "LO", S, "patient_id"),
@@ -189,12 +217,31 @@ DEFAULT_RETURN: dict[Level, tuple[str, ...]] = {
 }
 
 LEVEL_ORDER = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
+PATIENT_KEYS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+)
+DEFAULT_RETURN[Level.PATIENT] = (
+    *PATIENT_KEYS,
+    "NumberOfPatientRelatedStudies",
+    "NumberOfPatientRelatedSeries",
+    "NumberOfPatientRelatedInstances",
+)
 
 
 def attributes_at_or_above(level: Level) -> tuple[Attribute, ...]:
-    """Attributes a query at ``level`` may match on: its own and those of the levels above."""
-    allowed = LEVEL_ORDER[: LEVEL_ORDER.index(level) + 1]
-    return tuple(a for a in ATTRIBUTES if a.level in allowed or a.level == Level.STUDY)
+    """Attributes a query at ``level`` may match on: its own and those of the levels above.
+
+    Patient attributes live on the study row, so they are available from the study level
+    down; at the patient level only the patient attributes are (PS3.4 C.6.1.1.2).
+    """
+    if level == Level.PATIENT:
+        return tuple(a for a in ATTRIBUTES if a.path in PATIENT_KEYS or a.level == Level.PATIENT)
+    allowed = LEVEL_ORDER[1 : LEVEL_ORDER.index(level) + 1]
+    return tuple(a for a in ATTRIBUTES if a.level in allowed)
 
 
 def lookup(key: str) -> Attribute | None:

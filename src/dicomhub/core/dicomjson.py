@@ -64,6 +64,8 @@ def row_to_json(row: QueryRow, query: Query, base_url: str) -> dict[str, Any]:
             _put(doc, attr, values[path])
     for tag, el in row.extra.items():
         doc.setdefault(tag, el)
+    if level == Level.PATIENT:
+        return dict(sorted(doc.items()))
     study = values.get("StudyInstanceUID")
     url = f"{base_url}/studies/{study}"
     if level in (Level.SERIES, Level.IMAGE):

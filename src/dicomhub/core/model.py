@@ -96,6 +96,17 @@ class StoreOutcome:
         return self.status not in (0x0000, 0xB000, 0xB006, 0xB007)
 
 
+@dataclass(frozen=True)
+class RemoteNode:
+    """A DICOM application entity we can connect to (C-MOVE destination, device, printer)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    description: str = ""
+
+
 @dataclass
 class QueryRow:
     """One match: attribute values keyed by ``Attribute.path`` plus extra metadata."""

@@ -10,7 +10,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from dicomhub.core.model import ParsedInstance, QueryRow, StagedFile, StoredInstance
+from dicomhub.core.attributes import Level
+from dicomhub.core.model import (
+    ParsedInstance,
+    QueryRow,
+    RemoteNode,
+    StagedFile,
+    StoredInstance,
+)
 from dicomhub.core.query import Query
 
 
@@ -84,6 +91,10 @@ class Index(Protocol):
         """Instances under a resource, ordered by series and instance number."""
         ...
 
+    def select_instances(self, level: Level, keys: dict[str, list[str]]) -> list[StoredInstance]:
+        """Instances matching the unique keys of a retrieve identifier."""
+        ...
+
     def metadata(
         self, study: str, series_uid: str | None = None, instance_uid: str | None = None
     ) -> Iterator[bytes]:
@@ -98,6 +109,30 @@ class Index(Protocol):
 
     def count_instances(self) -> int:
         """Total number of indexed instances."""
+        ...
+
+
+class NodeRegistry(Protocol):
+    """Registry of remote DICOM nodes (PS3.7 application entities we talk to)."""
+
+    def add(self, node: RemoteNode) -> None:
+        """Register a node; :class:`~dicomhub.core.errors.Conflict` if the name exists."""
+        ...
+
+    def get(self, name: str) -> RemoteNode | None:
+        """A node by name."""
+        ...
+
+    def by_ae_title(self, ae_title: str) -> RemoteNode | None:
+        """The node registered with this AE title (first by name if several)."""
+        ...
+
+    def list(self) -> list[RemoteNode]:
+        """All nodes, by name."""
+        ...
+
+    def remove(self, name: str) -> bool:
+        """Remove a node; False if there was none."""
         ...
 
 

@@ -230,3 +230,31 @@ def like_pattern(value: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def parse_find(level: Level, keys: Iterable[tuple[str, str]]) -> Query:
+    """Build a :class:`Query` from a C-FIND identifier (PS3.4 C.4.1.1.3, C.2.2.1).
+
+    ``keys`` are ``(keyword or Seq.Keyword, value)``.  A key with a value is a matching
+    key (if the level allows it); an empty key is a return key.  Keys the index does not
+    hold are answered from the stored metadata, or returned empty (C.2.2.1.3).
+    """
+    query = Query(level=level, limit=None)
+    allowed = {a.path for a in attributes_at_or_above(level)}
+    for path, value in keys:
+        attr = lookup(path)
+        if attr is None or attr.path not in allowed:
+            if attr is not None and attr.computed:
+                continue
+            if "." not in path and _is_keyword_or_tag(path):
+                query.extra_includes.append(path)
+            continue
+        if not attr.matching or value.strip() in ("", "*"):
+            query.includes.append(attr)
+            continue
+        constraint = make_constraint(attr, value)
+        if constraint is None:
+            query.includes.append(attr)
+        else:
+            query.constraints.append(constraint)
+    return query

@@ -11,15 +11,30 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from dicomhub.core.attributes import Level
 from dicomhub.core.dicomjson import row_to_json
-from dicomhub.core.errors import NotFound, StoreFailure
-from dicomhub.core.model import BULK_BASE, StagedFile, Status, StoredInstance, StoreOutcome
-from dicomhub.core.ports import BlobStore, DuplicateInstance, Index, InstanceReader, PixelCodec
+from dicomhub.core.errors import InvalidRequest, NotFound, StoreFailure
+from dicomhub.core.model import (
+    BULK_BASE,
+    RemoteNode,
+    StagedFile,
+    Status,
+    StoredInstance,
+    StoreOutcome,
+)
+from dicomhub.core.ports import (
+    BlobStore,
+    DuplicateInstance,
+    Index,
+    InstanceReader,
+    NodeRegistry,
+    PixelCodec,
+)
 from dicomhub.core.query import Query
 
 log = logging.getLogger(__name__)
@@ -56,10 +71,24 @@ class StoreService:
         """Where edges write incoming bytes before calling :meth:`store`."""
         return self.blobs.staging_dir()
 
-    def store(self, staged: StagedFile, expected_study_uid: str | None = None) -> StoreOutcome:
-        """Validate, store and index one staged file; the staged file is always consumed."""
+    def store(
+        self,
+        staged: StagedFile,
+        expected_study_uid: str | None = None,
+        *,
+        expected_sop_class_uid: str | None = None,
+        expected_sop_instance_uid: str | None = None,
+    ) -> StoreOutcome:
+        """Validate, store and index one staged file; the staged file is always consumed.
+
+        The ``expected_*`` UIDs come from the request (the STOW-RS URL, the C-STORE
+        command's Affected SOP Class/Instance UID); a data set that contradicts them fails
+        with 0xA900 (PS3.4 B.2.3) and is not stored.
+        """
         try:
-            return self._store(staged, expected_study_uid)
+            return self._store(
+                staged, expected_study_uid, (expected_sop_class_uid, expected_sop_instance_uid)
+            )
         except StoreFailure as exc:
             return StoreOutcome(status=exc.status, message=str(exc))
         except Exception as exc:  # never a 500 for one bad object: report it as failure
@@ -71,7 +100,12 @@ class StoreService:
             with contextlib.suppress(FileNotFoundError):
                 staged.path.unlink()
 
-    def _store(self, staged: StagedFile, expected_study_uid: str | None) -> StoreOutcome:
+    def _store(
+        self,
+        staged: StagedFile,
+        expected_study_uid: str | None,
+        expected: tuple[str | None, str | None],
+    ) -> StoreOutcome:
         parsed = self.reader.read(staged.path)
         outcome = StoreOutcome(
             status=Status.SUCCESS,
@@ -81,6 +115,15 @@ class StoreService:
             series_instance_uid=parsed.series_instance_uid,
             warnings=list(parsed.warnings),
         )
+        want_class, want_instance = expected
+        for name, want, got in (
+            ("SOPClassUID", want_class, parsed.sop_class_uid),
+            ("SOPInstanceUID", want_instance, parsed.sop_instance_uid),
+        ):
+            if want is not None and want != got:
+                outcome.status = Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+                outcome.message = f"{name} {got} of the data set differs from {want} of the request"
+                return outcome
         if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
             outcome.status = Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
             outcome.message = (
@@ -278,6 +321,10 @@ class RetrieveService:
             item = found[0]
         return self.pixels.render(self.local_path(item), frame or 1, params, thumbnail)
 
+    def select(self, level: Level, keys: dict[str, list[str]]) -> list[StoredInstance]:
+        """Instances for a C-GET/C-MOVE identifier's unique keys (PS3.4 C.4.2.2.1)."""
+        return self.index.select_instances(level, keys)
+
     def bulkdata(self, study: str, series: str, instance: str, tag_path: Sequence[str]) -> bytes:
         """The value of one bulk data element (PS3.18 §10.4.1.1.3)."""
         item = self.instances(study, series, instance)[0]
@@ -310,3 +357,55 @@ def _describe(study: str, series: str | None, instance: str | None) -> str:
     if series:
         return f"series {series}"
     return f"study {study}"
+
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class NodeService:
+    """The registry of remote DICOM nodes: C-MOVE destinations, devices, printers."""
+
+    def __init__(self, registry: NodeRegistry) -> None:
+        self.registry = registry
+
+    def add(
+        self, name: str, ae_title: str, host: str, port: int, description: str = ""
+    ) -> RemoteNode:
+        """Validate and register a node (AE title per PS3.5 Table 6.2-1, AE VR)."""
+        if not _NODE_NAME.match(name):
+            raise InvalidRequest(
+                "node name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        title = ae_title.strip()
+        if not _AE_TITLE.match(ae_title) or not title:
+            raise InvalidRequest(
+                "AE title: 1-16 printable characters, no backslash, not only spaces"
+            )
+        if not host or len(host) > 255 or any(c.isspace() for c in host):
+            raise InvalidRequest("host: a host name or IP address")
+        if not 1 <= int(port) <= 65535:
+            raise InvalidRequest("port: 1-65535")
+        node = RemoteNode(name, title, host, int(port), description)
+        self.registry.add(node)
+        return node
+
+    def list(self) -> list[RemoteNode]:
+        """All registered nodes."""
+        return self.registry.list()
+
+    def get(self, name: str) -> RemoteNode:
+        """One node; :class:`NotFound` if unknown."""
+        node = self.registry.get(name)
+        if node is None:
+            raise NotFound(f"no node named '{name}'")
+        return node
+
+    def remove(self, name: str) -> None:
+        """Unregister a node; :class:`NotFound` if unknown."""
+        if not self.registry.remove(name):
+            raise NotFound(f"no node named '{name}'")
+
+    def by_ae_title(self, ae_title: str) -> RemoteNode | None:
+        """The node registered under an AE title (C-MOVE destination lookup)."""
+        return self.registry.by_ae_title(ae_title.strip())

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from dicomhub import __version__
 from dicomhub.context import Context
-from dicomhub.dicomweb import errors, qido, stow, wado
+from dicomhub.dicomweb import errors, nodes, qido, stow, wado
 
 log = logging.getLogger(__name__)
 PREFIX = "/dicom-web"
@@ -40,6 +40,7 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(stow.router, prefix=PREFIX, tags=["STOW-RS"])
     app.include_router(qido.router, prefix=PREFIX, tags=["QIDO-RS"])
     app.include_router(wado.router, prefix=PREFIX, tags=["WADO-RS"])
+    app.include_router(nodes.router, prefix="/api", tags=["nodes"])
 
     @app.get("/health")
     async def health() -> JSONResponse:

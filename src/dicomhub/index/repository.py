@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
-from dicomhub.core.attributes import ATTRIBUTES, Attribute, Level
+from dicomhub.core.attributes import ATTRIBUTES, BY_PATH, PATIENT_KEYS, Attribute, Level
 from dicomhub.core.model import ParsedInstance, QueryRow, StagedFile, StoredInstance
 from dicomhub.core.ports import DuplicateInstance
 from dicomhub.core.query import Constraint, Match, Query, like_pattern
@@ -424,6 +424,9 @@ class SqlIndex:
     def search(self, query: Query, scope: dict[str, str]) -> list[QueryRow]:
         """Run a QIDO-RS/C-FIND query at its level (PS3.4 C.4.1.3.1.1)."""
         level = query.level
+        rep: Any
+        if level == Level.PATIENT:
+            return self._search_patients(query)
         if level == Level.STUDY:
             stmt = select(*_study_cols()).select_from(studies).order_by(studies.c.pk)
             rep = select(func.min(instances.c.pk)).where(instances.c.study_pk == studies.c.pk)
@@ -486,6 +489,54 @@ class SqlIndex:
                 }
             result.append(QueryRow(values=r, extra=extra))
         return result
+
+    def _search_patients(self, query: Query) -> list[QueryRow]:
+        """Patient level (Patient Root C-FIND): distinct patients of the study rows."""
+        keys = [BY_PATH[k] for k in PATIENT_KEYS]
+        cols = [studies.c[a.column] for a in keys]
+        stmt = (
+            select(
+                *[c.label(a.path) for c, a in zip(cols, keys, strict=True)],
+                func.count().label("NumberOfPatientRelatedStudies"),
+                func.sum(studies.c.num_series).label("NumberOfPatientRelatedSeries"),
+                func.sum(studies.c.num_instances).label("NumberOfPatientRelatedInstances"),
+            )
+            .group_by(*cols)
+            .order_by(func.min(studies.c.pk))
+        )
+        conds = [self._condition(c) for c in query.constraints]
+        if conds:
+            stmt = stmt.where(and_(*conds))
+        if query.offset:
+            stmt = stmt.offset(query.offset)
+        if query.limit is not None:
+            stmt = stmt.limit(query.limit)
+        with self.engine.connect() as conn:
+            return [QueryRow(values=dict(r._mapping)) for r in conn.execute(stmt)]
+
+    def select_instances(self, level: Level, keys: dict[str, list[str]]) -> list[StoredInstance]:
+        """Instances named by the unique keys of a C-GET/C-MOVE identifier (PS3.4 C.4.2.2.1).
+
+        ``keys`` maps PatientID, StudyInstanceUID, SeriesInstanceUID and SOPInstanceUID to
+        lists of values; every key given must match.
+        """
+        columns = {
+            "PatientID": studies.c.patient_id,
+            "StudyInstanceUID": studies.c.study_instance_uid,
+            "SeriesInstanceUID": series.c.series_instance_uid,
+            "SOPInstanceUID": instances.c.sop_instance_uid,
+        }
+        stmt = self._stored_select().order_by(
+            instances.c.study_pk,
+            instances.c.series_pk,
+            instances.c.instance_number,
+            instances.c.pk,
+        )
+        for key, values in keys.items():
+            if values:
+                stmt = stmt.where(columns[key].in_(values))
+        with self.engine.connect() as conn:
+            return [_stored(r) for r in conn.execute(stmt)]
 
     # -- delete --------------------------------------------------------------------------
     def _delete_in(self, conn: Connection, where: ColumnElement[bool]) -> list[str]:

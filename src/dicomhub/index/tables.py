@@ -115,5 +115,17 @@ instances = Table(
     Column("created_at", DateTime(timezone=True), server_default=func.now()),
 )
 
+remote_nodes = Table(
+    "remote_nodes",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("ae_title", String(16), nullable=False, index=True),
+    Column("host", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("description", String(256)),
+    Column("created_at", DateTime(timezone=True), server_default=func.now()),
+)
+
 Index("ix_instances_series_order", instances.c.series_pk, instances.c.instance_number)
 Index("ix_studies_study_date_time", studies.c.study_date, studies.c.study_time)

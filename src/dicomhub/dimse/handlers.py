@@ -1,0 +1,444 @@
+"""Thin DIMSE event handlers over the core services (pynetdicom ``evt`` handlers).
+
+Each handler turns a DIMSE request into a core service call and the result, or a domain
+error, into a DIMSE status — in this module only (cf. pynetdicom's apps/qrscp/handlers).
+
+- C-ECHO: Verification (PS3.4 Annex A)
+- C-STORE: Storage (PS3.4 Annex B) through the same store service as STOW-RS
+- C-FIND / C-GET / C-MOVE: Query/Retrieve, Patient and Study Root (PS3.4 Annex C)
+- N-ACTION: Storage Commitment Push Model (PS3.4 Annex J)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context, build_role, evt
+from pynetdicom.events import Event
+
+from dicomhub.core.attributes import Level
+from dicomhub.core.dicomjson import row_to_json
+from dicomhub.core.errors import DicomhubError, InvalidRequest
+from dicomhub.core.model import StagedFile, StoredInstance
+from dicomhub.core.query import parse_find
+from dicomhub.dimse import status as st
+
+if TYPE_CHECKING:
+    from dicomhub.context import Context
+
+log = logging.getLogger(__name__)
+
+PATIENT_ROOT = {
+    "1.2.840.10008.5.1.4.1.2.1.1",  # FIND
+    "1.2.840.10008.5.1.4.1.2.1.2",  # MOVE
+    "1.2.840.10008.5.1.4.1.2.1.3",  # GET
+}
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.2")
+_LEVELS = {
+    "PATIENT": Level.PATIENT,
+    "STUDY": Level.STUDY,
+    "SERIES": Level.SERIES,
+    "IMAGE": Level.IMAGE,
+}
+_UNIQUE = {
+    Level.PATIENT: "PatientID",
+    Level.STUDY: "StudyInstanceUID",
+    Level.SERIES: "SeriesInstanceUID",
+    Level.IMAGE: "SOPInstanceUID",
+}
+
+
+def _request(event: Event) -> Any:
+    """The DIMSE request primitive (typed loosely: its attributes depend on the service)."""
+    return event.request
+
+
+def _text(elem: Any) -> str:
+    value = elem.value
+    if value is None or value == "":
+        return ""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _identifier_keys(identifier: Dataset) -> list[tuple[str, str]]:
+    """Flatten an identifier into ``(keyword or Seq.Keyword, value)`` pairs."""
+    keys: list[tuple[str, str]] = []
+    for elem in identifier:
+        if elem.tag.group in (0x0000, 0x0002) or elem.tag in (0x00080005, 0x00080052):
+            continue
+        name = elem.keyword or f"{elem.tag:08X}"
+        if elem.VR == "SQ":
+            items = list(elem.value or [])
+            if items:
+                for sub in items[0]:
+                    keys.append((f"{name}.{sub.keyword}", _text(sub)))
+            else:
+                keys.append((name, ""))
+            continue
+        keys.append((name, _text(elem)))
+    return keys
+
+
+def _level(identifier: Dataset, model: str) -> Level:
+    raw = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    level = _LEVELS.get(raw)
+    if level is None:
+        raise InvalidRequest(f"QueryRetrieveLevel '{raw}' is not PATIENT/STUDY/SERIES/IMAGE")
+    if level == Level.PATIENT and model not in PATIENT_ROOT:
+        raise InvalidRequest("PATIENT level is only valid in the Patient Root model")
+    return level
+
+
+class DimseHandlers:
+    """The event handlers of dicomhub's application entity."""
+
+    def __init__(self, ctx: Context, ae_title: str) -> None:
+        self.ctx = ctx
+        self.ae_title = ae_title
+
+    def bindings(self) -> list[tuple[Any, Any]]:
+        """``evt_handlers`` for ``AE.start_server``."""
+        return [
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_FIND, self.on_find),
+            (evt.EVT_C_GET, self.on_get),
+            (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_N_ACTION, self.on_n_action),
+        ]
+
+    # -- Verification ----------------------------------------------------------------------
+    def on_echo(self, event: Event) -> int:
+        """C-ECHO: always success (PS3.4 A.4)."""
+        return st.SUCCESS
+
+    # -- Storage ---------------------------------------------------------------------------
+    def on_store(self, event: Event) -> Dataset:
+        """C-STORE: write the received bytes as a Part 10 file and store it (PS3.4 B.2.2).
+
+        The data set is not decoded and re-encoded: its bytes, as received in the accepted
+        transfer syntax, follow a File Meta Information header built from the command.
+        """
+        req: Any = event.request
+        meta = event.file_meta
+        meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
+        staging = self.ctx.store.staging_dir()
+        fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
+        hasher = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                head = DicomBytesIO()
+                head.write(b"\x00" * 128 + b"DICM")
+                write_file_meta_info(head, meta, enforce_standard=True)
+                for chunk in (head.getvalue(), req.DataSet.getvalue()):
+                    fh.write(chunk)
+                    hasher.update(chunk)
+                    size += len(chunk)
+        except Exception as exc:
+            Path(name).unlink(missing_ok=True)
+            log.exception("C-STORE: cannot stage the data set")
+            return self._status(0xA700, f"cannot stage: {exc}")
+        outcome = self.ctx.store.store(
+            StagedFile(Path(name), size, hasher.hexdigest()),
+            expected_sop_class_uid=str(req.AffectedSOPClassUID),
+            expected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
+        )
+        if outcome.failed or outcome.warnings:
+            log.info(
+                "C-STORE %s from %s: 0x%04X %s",
+                req.AffectedSOPInstanceUID,
+                event.assoc.requestor.ae_title,
+                outcome.status,
+                "; ".join([outcome.message, *outcome.warnings]),
+            )
+        return self._status(int(outcome.status), outcome.message)
+
+    @staticmethod
+    def _status(code: int, comment: str = "") -> Dataset:
+        ds = Dataset()
+        ds.Status = code
+        if code != st.SUCCESS and comment:
+            ds.ErrorComment = comment[:64]
+        return ds
+
+    # -- Query -----------------------------------------------------------------------------
+    def on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        """C-FIND at PATIENT/STUDY/SERIES/IMAGE level with the QIDO-RS matching engine."""
+        identifier = event.identifier
+        model = str(_request(event).AffectedSOPClassUID)
+        try:
+            level = _level(identifier, model)
+            query = parse_find(level, _identifier_keys(identifier))
+            rows = self.ctx.query.search(query, {})
+        except DicomhubError as exc:
+            yield self._status(st.FIND_IDENTIFIER_DOES_NOT_MATCH, str(exc)).Status, None
+            return
+        for row in rows:
+            if event.is_cancelled:
+                yield st.CANCEL, None
+                return
+            yield st.PENDING, self._find_result(row, query, identifier, level)
+
+    def _find_result(self, row: Any, query: Any, identifier: Dataset, level: Level) -> Dataset:
+        doc = row_to_json(row, query, "")
+        out = Dataset()
+        out.SpecificCharacterSet = "ISO_IR 192"
+        out.QueryRetrieveLevel = level.value
+        for elem in identifier:
+            if elem.tag.group in (0x0000, 0x0002) or elem.tag in (0x00080005, 0x00080052):
+                continue
+            tag = f"{elem.tag:08X}"
+            if tag in doc and doc[tag].get("Value") is not None:
+                try:
+                    out.add(Dataset.from_json({tag: doc[tag]})[elem.tag])
+                    continue
+                except Exception:  # a value the requested VR cannot hold: return empty
+                    log.debug("cannot return %s", tag)
+            out.add_new(elem.tag, elem.VR, [] if elem.VR == "SQ" else None)
+        out.RetrieveAETitle = self.ae_title
+        return out
+
+    # -- Retrieve --------------------------------------------------------------------------
+    def _select(self, identifier: Dataset, model: str) -> list[StoredInstance]:
+        level = _level(identifier, model)
+        keys: dict[str, list[str]] = {}
+        for lv in (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE):
+            name = _UNIQUE[lv]
+            value = str(identifier.get(name, "") or "")
+            if isinstance(identifier.get(name), pydicom.multival.MultiValue):
+                value = "\\".join(identifier.get(name))
+            values = [v.strip() for v in value.split("\\") if v.strip()]
+            if lv == level and not values:
+                raise InvalidRequest(f"{name} is required at {level.value} level")
+            if values:
+                keys[name] = values
+            if lv == level:
+                break
+        return self.ctx.retrieve.select(level, keys)
+
+    def _dataset(self, item: StoredInstance, accepted: set[str]) -> Dataset:
+        """The stored instance as a data set the peer accepted (decompressed if needed)."""
+        path = self.ctx.retrieve.local_path(item)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if item.transfer_syntax_uid in accepted or not accepted:
+                return pydicom.dcmread(path)
+            target = next((ts for ts in UNCOMPRESSED if ts in accepted), None)
+            if target is None:
+                raise InvalidRequest(
+                    f"peer accepts none of {item.transfer_syntax_uid} or an uncompressed syntax"
+                )
+            ds = pydicom.dcmread(io.BytesIO(self.ctx.retrieve.pixels.to_explicit_le(path)))
+        ds.file_meta.TransferSyntaxUID = UID(target)
+        return ds
+
+    def on_get(self, event: Event) -> Iterator[Any]:
+        """C-GET: C-STORE sub-operations on the same association (PS3.4 C.4.3)."""
+        try:
+            items = self._select(event.identifier, str(_request(event).AffectedSOPClassUID))
+        except DicomhubError as exc:
+            log.info("C-GET refused: %s", exc)
+            yield 0
+            yield st.RETRIEVE_IDENTIFIER_DOES_NOT_MATCH, None
+            return
+        accepted: dict[str, set[str]] = {}
+        for cx in event.assoc.accepted_contexts:
+            if cx.as_scu:  # we act as Storage SCU on this association
+                accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+        yield len(items)
+        for item in items:
+            if event.is_cancelled:
+                yield st.CANCEL, None
+                return
+            try:
+                ds = self._dataset(item, accepted.get(item.sop_class_uid, set()))
+            except DicomhubError as exc:
+                log.warning("C-GET: %s: %s", item.sop_instance_uid, exc)
+                failed = Dataset()
+                failed.FailedSOPInstanceUIDList = [item.sop_instance_uid]
+                yield 0xB000, failed
+                continue
+            yield st.PENDING, ds
+
+    def _negotiate(
+        self, host: str, port: int, ae_title: str, items: list[StoredInstance]
+    ) -> tuple[list[Any], dict[str, set[str]]]:
+        """Propose contexts for the instances to move and learn what the destination accepts.
+
+        One context per SOP Class offering the stored syntaxes then Explicit and Implicit
+        VR Little Endian; a probing association tells which syntax the destination picks,
+        so instances are decompressed before pynetdicom sends them when necessary.
+        """
+        offered: dict[str, list[str]] = {}
+        for item in items:
+            syntaxes = offered.setdefault(item.sop_class_uid, [])
+            if item.transfer_syntax_uid not in syntaxes:
+                syntaxes.insert(0, item.transfer_syntax_uid)
+        contexts = []
+        for sop_class, syntaxes in list(offered.items())[:127]:
+            tss = syntaxes + [
+                ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts not in syntaxes
+            ]
+            contexts.append(build_context(sop_class, tss))
+        ae = AE(ae_title=self.ae_title)
+        ae.acse_timeout = ae.network_timeout = 30
+        ae.requested_contexts = contexts
+        assoc = ae.associate(host, port, ae_title=ae_title)
+        accepted: dict[str, set[str]] = {}
+        if assoc.is_established:
+            for cx in assoc.accepted_contexts:
+                accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+            assoc.release()
+        return contexts, accepted
+
+    def on_move(self, event: Event) -> Iterator[Any]:
+        """C-MOVE to a registered node (PS3.4 C.4.2); unknown destination → 0xA801."""
+        destination = str(event.move_destination or "").strip()
+        node = self.ctx.nodes.by_ae_title(destination)
+        if node is None:
+            log.info("C-MOVE: unknown destination '%s'", destination)
+            yield None, None
+            return
+        try:
+            items = self._select(event.identifier, str(_request(event).AffectedSOPClassUID))
+        except DicomhubError as exc:
+            log.info("C-MOVE refused: %s", exc)
+            yield node.host, node.port
+            yield 0
+            yield st.RETRIEVE_IDENTIFIER_DOES_NOT_MATCH, None
+            return
+        contexts, accepted = self._negotiate(node.host, node.port, node.ae_title, items)
+        yield node.host, node.port, {"contexts": contexts, "ae_title": node.ae_title}
+        yield len(items)
+        for item in items:
+            if event.is_cancelled:
+                yield st.CANCEL, None
+                return
+            try:
+                ds = self._dataset(item, accepted.get(item.sop_class_uid, set()))
+            except DicomhubError as exc:
+                log.warning("C-MOVE: %s: %s", item.sop_instance_uid, exc)
+                failed = Dataset()
+                failed.FailedSOPInstanceUIDList = [item.sop_instance_uid]
+                yield 0xB000, failed
+                continue
+            yield st.PENDING, ds
+
+    # -- Storage Commitment ----------------------------------------------------------------
+    def on_n_action(self, event: Event) -> tuple[int, Dataset | None]:
+        """Storage Commitment request (PS3.4 J.3.2); the result follows as N-EVENT-REPORT."""
+        req: Any = event.request
+        if str(req.RequestedSOPClassUID) != STORAGE_COMMITMENT:
+            return st.PROCESSING_FAILURE, None
+        if int(req.ActionTypeID) != 1:
+            return st.NO_SUCH_ACTION_TYPE, None
+        info = event.action_information
+        if "TransactionUID" not in info or "ReferencedSOPSequence" not in info:
+            return st.INVALID_ARGUMENT_VALUE, None
+        requestor = event.assoc.requestor
+        assoc = event.assoc
+        threading.Thread(
+            target=self._commitment_report,
+            args=(info, requestor.ae_title, requestor.address, assoc),
+            daemon=True,
+            name="storage-commitment",
+        ).start()
+        return st.SUCCESS, None
+
+    def commitment_result(self, info: Dataset) -> tuple[int, Dataset]:
+        """Check each referenced instance against the index and its SHA-256 (PS3.4 J.3.3)."""
+        success, failed = [], []
+        for ref in info.ReferencedSOPSequence:
+            sop_class = str(ref.get("ReferencedSOPClassUID", ""))
+            sop = str(ref.get("ReferencedSOPInstanceUID", ""))
+            stored = self.ctx.index.find_instance(sop)
+            reason = None
+            if stored is None:
+                reason = st.COMMIT_NO_SUCH_OBJECT_INSTANCE
+            elif stored.sop_class_uid != sop_class:
+                reason = st.COMMIT_CLASS_INSTANCE_CONFLICT
+            elif not self._verify(stored):
+                reason = st.COMMIT_PROCESSING_FAILURE
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class
+            item.ReferencedSOPInstanceUID = sop
+            if reason is None:
+                item.RetrieveAETitle = self.ae_title
+                success.append(item)
+            else:
+                item.FailureReason = reason
+                failed.append(item)
+        report = Dataset()
+        report.TransactionUID = info.TransactionUID
+        report.RetrieveAETitle = self.ae_title
+        if success:
+            report.ReferencedSOPSequence = success
+        if failed:
+            report.FailedSOPSequence = failed
+        return (2 if failed else 1), report
+
+    def _verify(self, stored: StoredInstance) -> bool:
+        try:
+            h = hashlib.sha256()
+            for chunk in self.ctx.retrieve.open(stored):
+                h.update(chunk)
+        except (OSError, DicomhubError):
+            return False
+        return h.hexdigest() == stored.sha256
+
+    def _commitment_report(self, info: Dataset, ae_title: str, address: str, assoc: Any) -> None:
+        event_type, report = self.commitment_result(info)
+        node = self.ctx.nodes.by_ae_title(ae_title)
+        if node is not None:
+            ae = AE(ae_title=self.ae_title)
+            ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 30
+            ae.add_requested_context(STORAGE_COMMITMENT)
+            # we initiate the association but act as the SCP of the SOP class (PS3.4 J.3.3)
+            out = ae.associate(
+                node.host,
+                node.port,
+                ae_title=node.ae_title,
+                ext_neg=[build_role(STORAGE_COMMITMENT, scp_role=True)],
+            )
+            if out.is_established:
+                out.send_n_event_report(
+                    report, event_type, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+                )
+                out.release()
+                return
+            log.warning(
+                "storage commitment: %s (%s:%s) not reachable", ae_title, node.host, node.port
+            )
+        if assoc.is_established:
+            try:
+                assoc.send_n_event_report(
+                    report, event_type, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+                )
+                return
+            except Exception:
+                log.exception("storage commitment: report on the same association failed")
+        log.warning(
+            "storage commitment result for %s (%s) could not be delivered; register "
+            "the requestor with `dicomhub node add`",
+            ae_title,
+            address,
+        )
