@@ -173,3 +173,40 @@ def server(ctx: Context) -> Iterator[LiveServer]:
     """A live DICOMweb server on a fresh archive (SQLite and PostgreSQL)."""
     with LiveServer(ctx) as live:
         yield live
+
+
+@dataclass
+class LiveNode:
+    """DICOMweb and DIMSE edges of one archive, both live on loopback."""
+
+    http: LiveServer
+    ae_title: str
+    port: int
+
+    @property
+    def ctx(self) -> Context:
+        return self.http.ctx
+
+    @property
+    def url(self) -> str:
+        return self.http.url
+
+
+@pytest.fixture
+def node(tmp_path: Path, database: tuple[str, str | None]) -> Iterator[LiveNode]:
+    """An archive serving DICOMweb and DIMSE (AE title DICOMHUB) on free loopback ports,
+    on SQLite and on PostgreSQL."""
+    from dicomhub.dimse.server import DimseServer
+
+    url, schema = database
+    context = build_context(
+        make_settings(tmp_path / "data", url, schema, dimse_port=free_port(), ae_title="DICOMHUB")
+    )
+    dimse = DimseServer(context)
+    dimse.start()
+    try:
+        with LiveServer(context) as live:
+            yield LiveNode(live, "DICOMHUB", dimse.port)
+    finally:
+        dimse.stop()
+        context.close()
