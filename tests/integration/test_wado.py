@@ -17,6 +17,7 @@ from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 
 from conftest import SAMPLES, LiveServer
+from dicomhub.core.access import SYSTEM
 from integration.helpers import expected_frame, split_multipart, stow_body
 
 CT = SAMPLES / "nema-wg04" / "REF" / "CT1_UNC"
@@ -215,7 +216,7 @@ def test_metadata_levels_and_bulk_data(loaded: LiveServer) -> None:
     assert uri.startswith(loaded.url)
     assert client.retrieve_bulkdata(uri)[0] == ds.PixelData
     # metadata never needs the file: it is served from the index even if the file is gone
-    item = loaded.ctx.index.instances(st, se, sop)[0]
+    item = loaded.ctx.index.instances(SYSTEM, st, se, sop)[0]
     path = loaded.ctx.blobs.local_path(item.storage_key)
     moved = path.with_suffix(".away")
     path.rename(moved)

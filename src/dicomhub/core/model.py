@@ -71,6 +71,7 @@ class StoredInstance:
     sha256: str
     number_of_frames: int | None = None
     pixel_data_offset: int | None = None
+    owner_pk: int = 0
 
     @property
     def has_pixels(self) -> bool:

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from dicomhub.core.access import AccessScope
 from dicomhub.core.attributes import Level
 from dicomhub.core.model import (
     ParsedInstance,
@@ -62,13 +63,27 @@ class InstanceReader(Protocol):
 
 
 class Index(Protocol):
-    """The transactional index of patients, studies, series and instances."""
+    """The transactional index of studies, series and instances.
 
-    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
-        """Look up an instance by SOP Instance UID."""
+    Every read takes an :class:`AccessScope` and applies it inside the query; writes take
+    the owner (subscriber) whose namespace the object belongs to (docs/security.md).
+    """
+
+    def default_owner(self) -> int:
+        """The subscriber that owns objects stored by server admins (``default``)."""
         ...
 
-    def add_instance(self, parsed: ParsedInstance, staged: StagedFile, storage_key: str) -> None:
+    def store_owner(self, study_instance_uid: str, access: AccessScope, default_pk: int) -> int:
+        """The namespace a store by ``access`` goes to."""
+        ...
+
+    def find_instance(self, sop_instance_uid: str, owner_pk: int) -> StoredInstance | None:
+        """Look up an instance by SOP Instance UID within an owner's namespace."""
+        ...
+
+    def add_instance(
+        self, parsed: ParsedInstance, staged: StagedFile, storage_key: str, owner_pk: int
+    ) -> None:
         """Insert one instance (creating its study and series rows) in one transaction.
 
         Raises :class:`DuplicateInstance` if the SOP Instance UID is already indexed.
@@ -76,39 +91,53 @@ class Index(Protocol):
         ...
 
     def replace_instance(
-        self, parsed: ParsedInstance, staged: StagedFile, storage_key: str
+        self, parsed: ParsedInstance, staged: StagedFile, storage_key: str, owner_pk: int
     ) -> StoredInstance:
         """Replace the existing row of this SOP Instance UID; return the old one."""
         ...
 
-    def search(self, query: Query, scope: dict[str, str]) -> list[QueryRow]:
+    def search(self, query: Query, scope: dict[str, str], access: AccessScope) -> list[QueryRow]:
         """Run a query; ``scope`` holds the StudyInstanceUID/SeriesInstanceUID of the path."""
         ...
 
     def instances(
-        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+        self,
+        access: AccessScope,
+        study: str,
+        series_uid: str | None = None,
+        instance_uid: str | None = None,
     ) -> list[StoredInstance]:
-        """Instances under a resource, ordered by series and instance number."""
+        """Visible instances under a resource, ordered by series and instance number."""
         ...
 
-    def select_instances(self, level: Level, keys: dict[str, list[str]]) -> list[StoredInstance]:
-        """Instances matching the unique keys of a retrieve identifier."""
+    def select_instances(
+        self, level: Level, keys: dict[str, list[str]], access: AccessScope
+    ) -> list[StoredInstance]:
+        """Visible instances matching the unique keys of a retrieve identifier."""
         ...
 
     def metadata(
-        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+        self,
+        access: AccessScope,
+        study: str,
+        series_uid: str | None = None,
+        instance_uid: str | None = None,
     ) -> Iterator[bytes]:
-        """The stored DICOM JSON of each instance under a resource (UTF-8 JSON objects)."""
+        """The stored DICOM JSON of each visible instance under a resource."""
         ...
 
     def delete(
-        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+        self,
+        access: AccessScope,
+        study: str,
+        series_uid: str | None = None,
+        instance_uid: str | None = None,
     ) -> list[str]:
         """Remove the index rows under a resource; return the storage keys to delete."""
         ...
 
-    def count_instances(self) -> int:
-        """Total number of indexed instances."""
+    def count_instances(self, owner_pk: int | None = None) -> int:
+        """Number of indexed instances (of one owner, or all)."""
         ...
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from dicomhub.core.access import SYSTEM, AccessScope
 from dicomhub.core.attributes import Level
 from dicomhub.core.dicomjson import row_to_json
 from dicomhub.core.errors import InvalidRequest, NotFound, StoreFailure
@@ -40,14 +41,14 @@ from dicomhub.core.query import Query
 log = logging.getLogger(__name__)
 
 
-def storage_key(study: str, series: str, sop: str, sha256: str) -> str:
-    """Opaque but readable key: ``<h2>/<study>/<series>/<sop>.<sha12>.dcm``.
+def storage_key(owner: int, study: str, series: str, sop: str, sha256: str) -> str:
+    """Opaque but readable key: ``<owner>/<h2>/<study>/<series>/<sop>.<sha12>.dcm``.
 
     The content digest in the name means an overwrite never reuses a key, so the old
     object can be removed after the new index row commits.
     """
     h2 = hashlib.sha1(study.encode()).hexdigest()[:2]
-    return f"{h2}/{study}/{series}/{sop}.{sha256[:12]}.dcm"
+    return f"{owner}/{h2}/{study}/{series}/{sop}.{sha256[:12]}.dcm"
 
 
 class StoreService:
@@ -76,6 +77,7 @@ class StoreService:
         staged: StagedFile,
         expected_study_uid: str | None = None,
         *,
+        access: AccessScope = SYSTEM,
         expected_sop_class_uid: str | None = None,
         expected_sop_instance_uid: str | None = None,
     ) -> StoreOutcome:
@@ -87,7 +89,10 @@ class StoreService:
         """
         try:
             return self._store(
-                staged, expected_study_uid, (expected_sop_class_uid, expected_sop_instance_uid)
+                staged,
+                expected_study_uid,
+                (expected_sop_class_uid, expected_sop_instance_uid),
+                access,
             )
         except StoreFailure as exc:
             return StoreOutcome(status=exc.status, message=str(exc))
@@ -105,6 +110,7 @@ class StoreService:
         staged: StagedFile,
         expected_study_uid: str | None,
         expected: tuple[str | None, str | None],
+        access: AccessScope,
     ) -> StoreOutcome:
         parsed = self.reader.read(staged.path)
         outcome = StoreOutcome(
@@ -131,10 +137,14 @@ class StoreService:
                 f"of the request URL {expected_study_uid}"
             )
             return outcome
-        existing = self.index.find_instance(parsed.sop_instance_uid)
+        owner = self.index.store_owner(
+            parsed.study_instance_uid, access, self.index.default_owner()
+        )
+        existing = self.index.find_instance(parsed.sop_instance_uid, owner)
         if existing is not None:
-            return self._duplicate(existing, parsed, staged, outcome)
+            return self._duplicate(existing, parsed, staged, outcome, owner)
         key = storage_key(
+            owner,
             parsed.study_instance_uid,
             parsed.series_instance_uid,
             parsed.sop_instance_uid,
@@ -147,27 +157,27 @@ class StoreService:
             outcome.message = f"cannot write to storage: {exc.strerror or exc}"
             return outcome
         try:
-            self.index.add_instance(parsed, staged, key)
+            self.index.add_instance(parsed, staged, key, owner)
         except DuplicateInstance:
             # lost a race with a concurrent store of the same SOP Instance UID
-            existing = self._discard(key, parsed.sop_instance_uid)
+            existing = self._discard(key, parsed.sop_instance_uid, owner)
             if existing is None:
                 raise
-            return self._duplicate(existing, parsed, staged, outcome, already_moved=True)
+            return self._duplicate(existing, parsed, staged, outcome, owner, already_moved=True)
         except BaseException:
-            self._discard(key, parsed.sop_instance_uid)  # compensate: no blob without its row
+            self._discard(key, parsed.sop_instance_uid, owner)  # no blob without its row
             raise
         if outcome.warnings:
             outcome.status = Status.COERCION_OF_DATA_ELEMENTS
         return outcome
 
-    def _discard(self, key: str, sop_instance_uid: str) -> StoredInstance | None:
+    def _discard(self, key: str, sop_instance_uid: str, owner: int) -> StoredInstance | None:
         """Remove a blob we wrote unless the index references it.
 
         Identical content has the same key, so a concurrent store of the same bytes
         that committed first owns this very file: it must stay.
         """
-        existing = self.index.find_instance(sop_instance_uid)
+        existing = self.index.find_instance(sop_instance_uid, owner)
         if existing is None or existing.storage_key != key:
             self.blobs.delete(key)
         return existing
@@ -178,6 +188,7 @@ class StoreService:
         parsed: Any,
         staged: StagedFile,
         outcome: StoreOutcome,
+        owner: int,
         already_moved: bool = False,
     ) -> StoreOutcome:
         if existing.sha256 == staged.sha256:
@@ -200,6 +211,7 @@ class StoreService:
             outcome.message = "a concurrent request stored this SOP Instance first"
             return outcome
         key = storage_key(
+            owner,
             parsed.study_instance_uid,
             parsed.series_instance_uid,
             parsed.sop_instance_uid,
@@ -207,7 +219,7 @@ class StoreService:
         )
         self.blobs.put_file(key, staged.path, fsync=self.fsync)
         try:
-            old = self.index.replace_instance(parsed, staged, key)
+            old = self.index.replace_instance(parsed, staged, key, owner)
         except BaseException:
             self.blobs.delete(key)
             raise
@@ -219,34 +231,34 @@ class StoreService:
 
 
 class QueryService:
-    """QIDO-RS and C-FIND searches (PS3.18 §10.6, PS3.4 C.4.1)."""
+    """QIDO-RS and C-FIND searches (PS3.18 §10.6, PS3.4 C.4.1) within an access scope."""
 
     def __init__(self, index: Index) -> None:
         self.index = index
 
-    def search(self, query: Query, scope: dict[str, str]) -> list[Any]:
+    def search(self, access: AccessScope, query: Query, scope: dict[str, str]) -> list[Any]:
         """Raw rows for a query (the DIMSE edge formats them as datasets)."""
-        return self.index.search(query, scope)
+        return self.index.search(query, scope, access)
 
     def search_json(
-        self, query: Query, scope: dict[str, str], base_url: str
+        self, access: AccessScope, query: Query, scope: dict[str, str], base_url: str
     ) -> list[dict[str, Any]]:
         """QIDO-RS results in the DICOM JSON model (PS3.18 §10.6.3.3.2)."""
-        if query.level == Level.SERIES and "StudyInstanceUID" in scope:
-            self._require(scope["StudyInstanceUID"], None)
-        if query.level == Level.IMAGE and "StudyInstanceUID" in scope:
-            self._require(scope["StudyInstanceUID"], scope.get("SeriesInstanceUID"))
-        rows = self.index.search(query, scope)
+        if query.level in (Level.SERIES, Level.IMAGE) and "StudyInstanceUID" in scope:
+            series = scope.get("SeriesInstanceUID") if query.level == Level.IMAGE else None
+            if not self.index.instances(access, scope["StudyInstanceUID"], series):
+                what = f"series {series}" if series else f"study {scope['StudyInstanceUID']}"
+                raise NotFound(f"{what} not found")
+        rows = self.index.search(query, scope, access)
         return [row_to_json(r, query, base_url) for r in rows]
-
-    def _require(self, study: str, series: str | None) -> None:
-        if not self.index.instances(study, series):
-            what = f"series {series} of study {study}" if series else f"study {study}"
-            raise NotFound(f"{what} not found")
 
 
 class RetrieveService:
-    """WADO-RS retrieval: instances, metadata, frames, rendered, bulk data (PS3.18 §10.4)."""
+    """WADO-RS retrieval: instances, metadata, frames, rendered, bulk data (PS3.18 §10.4).
+
+    Everything is looked up within the caller's access scope: what it may not see does
+    not exist for it (404).
+    """
 
     def __init__(self, index: Index, blobs: BlobStore, pixels: PixelCodec) -> None:
         self.index = index
@@ -254,10 +266,14 @@ class RetrieveService:
         self.pixels = pixels
 
     def instances(
-        self, study: str, series: str | None = None, instance: str | None = None
+        self,
+        access: AccessScope,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
     ) -> list[StoredInstance]:
         """The instances of a resource; :class:`NotFound` if there are none."""
-        found = self.index.instances(study, series, instance)
+        found = self.index.instances(access, study, series, instance)
         if not found:
             raise NotFound(_describe(study, series, instance) + " not found")
         return found
@@ -271,10 +287,15 @@ class RetrieveService:
         return self.blobs.local_path(item.storage_key)
 
     def metadata(
-        self, study: str, series: str | None, instance: str | None, base_url: str
+        self,
+        access: AccessScope,
+        study: str,
+        series: str | None,
+        instance: str | None,
+        base_url: str,
     ) -> Iterator[bytes]:
         """A JSON array of the instances' metadata, streamed (PS3.18 §10.4.1.1.2)."""
-        docs = self.index.metadata(study, series, instance)
+        docs = self.index.metadata(access, study, series, instance)
         first = next(docs, None)
         if first is None:
             raise NotFound(_describe(study, series, instance) + " not found")
@@ -290,15 +311,16 @@ class RetrieveService:
         return _gen()
 
     def frames(
-        self, study: str, series: str, instance: str, numbers: Sequence[int]
+        self, access: AccessScope, study: str, series: str, instance: str, numbers: Sequence[int]
     ) -> tuple[StoredInstance, Iterator[bytes]]:
         """Native frames of one instance (PS3.18 §10.4.1.1.4)."""
-        item = self.instances(study, series, instance)[0]
+        item = self.instances(access, study, series, instance)[0]
         path = self.local_path(item)
         return item, self.pixels.native_frames(path, numbers)
 
     def rendered(
         self,
+        access: AccessScope,
         study: str,
         series: str | None,
         instance: str | None,
@@ -308,10 +330,10 @@ class RetrieveService:
     ) -> bytes:
         """One rendered image (PS3.18 §10.4.1.1.5 / §10.4.1.1.6).
 
-        A study or series renders its representative instance: the middle instance of
-        the first series (documented in docs/conformance.md).
+        A study or series renders its representative instance: the middle instance with
+        pixel data of the first series (docs/conformance.md).
         """
-        found = self.instances(study, series, instance)
+        found = self.instances(access, study, series, instance)
         if instance is None:
             first_series = found[0].series_instance_uid
             in_series = [i for i in found if i.series_instance_uid == first_series]
@@ -321,13 +343,17 @@ class RetrieveService:
             item = found[0]
         return self.pixels.render(self.local_path(item), frame or 1, params, thumbnail)
 
-    def select(self, level: Level, keys: dict[str, list[str]]) -> list[StoredInstance]:
+    def select(
+        self, access: AccessScope, level: Level, keys: dict[str, list[str]]
+    ) -> list[StoredInstance]:
         """Instances for a C-GET/C-MOVE identifier's unique keys (PS3.4 C.4.2.2.1)."""
-        return self.index.select_instances(level, keys)
+        return self.index.select_instances(level, keys, access)
 
-    def bulkdata(self, study: str, series: str, instance: str, tag_path: Sequence[str]) -> bytes:
+    def bulkdata(
+        self, access: AccessScope, study: str, series: str, instance: str, tag_path: Sequence[str]
+    ) -> bytes:
         """The value of one bulk data element (PS3.18 §10.4.1.1.3)."""
-        item = self.instances(study, series, instance)[0]
+        item = self.instances(access, study, series, instance)[0]
         return self.pixels.bulk_value(self.local_path(item), tag_path)
 
 
@@ -338,9 +364,15 @@ class DeleteService:
         self.index = index
         self.blobs = blobs
 
-    def delete(self, study: str, series: str | None = None, instance: str | None = None) -> int:
-        """Delete a resource; return the number of instances removed."""
-        keys = self.index.delete(study, series, instance)
+    def delete(
+        self,
+        access: AccessScope,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+    ) -> int:
+        """Delete a resource the caller owns; return the number of instances removed."""
+        keys = self.index.delete(access, study, series, instance)
         if not keys:
             raise NotFound(_describe(study, series, instance) + " not found")
         for key in keys:

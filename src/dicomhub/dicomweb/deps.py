@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from dicomhub.context import Context
+from dicomhub.core.access import SYSTEM, AccessScope
 
 
 def get_context(request: Request) -> Context:
@@ -40,5 +41,11 @@ def base_url(request: Request) -> str:
     return f"{scheme}://{host}{root}{prefix}"
 
 
+def get_access(request: Request) -> AccessScope:
+    """The caller's access scope (authentication arrives in the next step: SYSTEM for now)."""
+    return SYSTEM
+
+
 Ctx = Annotated[Context, Depends(get_context)]
+Access = Annotated[AccessScope, Depends(get_access)]
 BaseURL = Annotated[str, Depends(base_url)]

@@ -8,16 +8,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from dicomhub.core.access import AccessScope
 from dicomhub.core.attributes import Level
 from dicomhub.core.query import parse_qido
-from dicomhub.dicomweb.deps import BaseURL, Ctx
+from dicomhub.dicomweb.deps import Access, BaseURL, Ctx
 from dicomhub.dicomweb.media import negotiate_json
 
 router = APIRouter()
 
 
 async def _search(
-    request: Request, ctx: Ctx, base: str, level: Level, scope: dict[str, str]
+    request: Request,
+    ctx: Ctx,
+    base: str,
+    level: Level,
+    scope: dict[str, str],
+    *,
+    access: AccessScope,
 ) -> Response:
     negotiate_json(request.headers.get("accept"))
     query = parse_qido(
@@ -26,44 +33,54 @@ async def _search(
         default_limit=ctx.settings.qido_default_limit,
         max_limit=ctx.settings.qido_max_limit,
     )
-    results = await run_in_threadpool(ctx.query.search_json, query, scope, base)
+    results = await run_in_threadpool(ctx.query.search_json, access, query, scope, base)
     body = json.dumps(results, separators=(",", ":"), ensure_ascii=False).encode()
     return Response(body, media_type="application/dicom+json")
 
 
 @router.get("/studies")
-async def search_studies(request: Request, ctx: Ctx, base: BaseURL) -> Response:
+async def search_studies(request: Request, ctx: Ctx, access: Access, base: BaseURL) -> Response:
     """Search for studies (PS3.18 §10.6.1, Table 10.6.1-2)."""
-    return await _search(request, ctx, base, Level.STUDY, {})
+    return await _search(request, ctx, base, Level.STUDY, {}, access=access)
 
 
 @router.get("/series")
-async def search_all_series(request: Request, ctx: Ctx, base: BaseURL) -> Response:
+async def search_all_series(request: Request, ctx: Ctx, access: Access, base: BaseURL) -> Response:
     """Search for series in all studies."""
-    return await _search(request, ctx, base, Level.SERIES, {})
+    return await _search(request, ctx, base, Level.SERIES, {}, access=access)
 
 
 @router.get("/instances")
-async def search_all_instances(request: Request, ctx: Ctx, base: BaseURL) -> Response:
+async def search_all_instances(
+    request: Request, ctx: Ctx, access: Access, base: BaseURL
+) -> Response:
     """Search for instances in all studies."""
-    return await _search(request, ctx, base, Level.IMAGE, {})
+    return await _search(request, ctx, base, Level.IMAGE, {}, access=access)
 
 
 @router.get("/studies/{study}/series")
-async def search_study_series(study: str, request: Request, ctx: Ctx, base: BaseURL) -> Response:
+async def search_study_series(
+    study: str, request: Request, ctx: Ctx, access: Access, base: BaseURL
+) -> Response:
     """Search for series of one study."""
-    return await _search(request, ctx, base, Level.SERIES, {"StudyInstanceUID": study})
+    return await _search(
+        request, ctx, base, Level.SERIES, {"StudyInstanceUID": study}, access=access
+    )
 
 
 @router.get("/studies/{study}/instances")
-async def search_study_instances(study: str, request: Request, ctx: Ctx, base: BaseURL) -> Response:
+async def search_study_instances(
+    study: str, request: Request, ctx: Ctx, access: Access, base: BaseURL
+) -> Response:
     """Search for instances of one study."""
-    return await _search(request, ctx, base, Level.IMAGE, {"StudyInstanceUID": study})
+    return await _search(
+        request, ctx, base, Level.IMAGE, {"StudyInstanceUID": study}, access=access
+    )
 
 
 @router.get("/studies/{study}/series/{series}/instances")
 async def search_series_instances(
-    study: str, series: str, request: Request, ctx: Ctx, base: BaseURL
+    study: str, series: str, request: Request, ctx: Ctx, access: Access, base: BaseURL
 ) -> Response:
     """Search for instances of one series."""
     return await _search(
@@ -72,4 +89,5 @@ async def search_series_instances(
         base,
         Level.IMAGE,
         {"StudyInstanceUID": study, "SeriesInstanceUID": series},
+        access=access,
     )

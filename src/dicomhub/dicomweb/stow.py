@@ -21,9 +21,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from dicomhub.core.access import AccessScope
 from dicomhub.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dicomhub.core.model import StagedFile, Status, StoreOutcome
-from dicomhub.dicomweb.deps import BaseURL, Ctx
+from dicomhub.dicomweb.deps import Access, BaseURL, Ctx
 from dicomhub.dicomweb.multipart import (
     DATA,
     END,
@@ -172,7 +173,9 @@ async def _receive(request: Request, staging: Path, max_bytes: int) -> list[_Par
     return parts
 
 
-def _store_all(ctx: Any, parts: list[_Part], study: str | None) -> list[StoreOutcome]:
+def _store_all(
+    ctx: Any, parts: list[_Part], study: str | None, access: AccessScope
+) -> list[StoreOutcome]:
     outcomes: list[StoreOutcome] = []
     for part in parts:
         if not part.accepted or part.path is None:
@@ -184,15 +187,17 @@ def _store_all(ctx: Any, parts: list[_Part], study: str | None) -> list[StoreOut
             )
             continue
         staged = StagedFile(part.path, part.size, part.hasher.hexdigest())
-        outcomes.append(ctx.store.store(staged, study))
+        outcomes.append(ctx.store.store(staged, study, access=access))
     return outcomes
 
 
-async def _stow(request: Request, ctx: Ctx, base: str, study: str | None) -> JSONResponse:
+async def _stow(
+    request: Request, ctx: Ctx, base: str, study: str | None, *, access: AccessScope
+) -> JSONResponse:
     parts = await _receive(request, ctx.store.staging_dir(), ctx.settings.max_request_bytes)
     if not parts:
         raise InvalidRequest("multipart body has no parts")
-    outcomes = await run_in_threadpool(_store_all, ctx, parts, study)
+    outcomes = await run_in_threadpool(_store_all, ctx, parts, study, access)
     status, doc = _response_dataset(outcomes, base)
     headers = {}
     messages = [
@@ -215,14 +220,16 @@ async def _stow(request: Request, ctx: Ctx, base: str, study: str | None) -> JSO
 
 
 @router.post("/studies")
-async def store_instances(request: Request, ctx: Ctx, base: BaseURL) -> JSONResponse:
+async def store_instances(
+    request: Request, ctx: Ctx, access: Access, base: BaseURL
+) -> JSONResponse:
     """Store instances of any studies (PS3.18 §10.5.1.1)."""
-    return await _stow(request, ctx, base, None)
+    return await _stow(request, ctx, base, None, access=access)
 
 
 @router.post("/studies/{study}")
 async def store_study_instances(
-    study: str, request: Request, ctx: Ctx, base: BaseURL
+    study: str, request: Request, ctx: Ctx, access: Access, base: BaseURL
 ) -> JSONResponse:
     """Store instances of one study; others fail with 0xA900 (PS3.18 §10.5.1.1)."""
-    return await _stow(request, ctx, base, study)
+    return await _stow(request, ctx, base, study, access=access)

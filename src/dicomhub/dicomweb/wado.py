@@ -15,9 +15,10 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from dicomhub.codecs.render import RenderParams, parse_quality, parse_viewport, parse_window
+from dicomhub.core.access import AccessScope
 from dicomhub.core.errors import InvalidRequest
 from dicomhub.core.model import StoredInstance
-from dicomhub.dicomweb.deps import BaseURL, Ctx
+from dicomhub.dicomweb.deps import Access, BaseURL, Ctx
 from dicomhub.dicomweb.media import (
     EXPLICIT_VR_LE,
     negotiate_bulk,
@@ -40,10 +41,16 @@ def _check_uids(*uids: str | None) -> None:
 
 # -- instances ---------------------------------------------------------------------------
 async def _retrieve(
-    request: Request, ctx: Ctx, study: str, series: str | None, instance: str | None
+    request: Request,
+    ctx: Ctx,
+    study: str,
+    series: str | None,
+    instance: str | None,
+    *,
+    access: AccessScope,
 ) -> StreamingResponse:
     _check_uids(study, series, instance)
-    items = await run_in_threadpool(ctx.retrieve.instances, study, series, instance)
+    items = await run_in_threadpool(ctx.retrieve.instances, access, study, series, instance)
     target = negotiate_instances(
         request.headers.get("accept"), {i.transfer_syntax_uid for i in items}
     )
@@ -69,59 +76,78 @@ async def _retrieve(
 
 
 @router.get("/studies/{study}")
-async def retrieve_study(study: str, request: Request, ctx: Ctx) -> StreamingResponse:
+async def retrieve_study(
+    study: str, request: Request, ctx: Ctx, access: Access
+) -> StreamingResponse:
     """Retrieve all instances of a study (PS3.18 §10.4.1.1.1)."""
-    return await _retrieve(request, ctx, study, None, None)
+    return await _retrieve(request, ctx, study, None, None, access=access)
 
 
 @router.get("/studies/{study}/series/{series}")
-async def retrieve_series(study: str, series: str, request: Request, ctx: Ctx) -> StreamingResponse:
+async def retrieve_series(
+    study: str, series: str, request: Request, ctx: Ctx, access: Access
+) -> StreamingResponse:
     """Retrieve all instances of a series."""
-    return await _retrieve(request, ctx, study, series, None)
+    return await _retrieve(request, ctx, study, series, None, access=access)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}")
 async def retrieve_instance(
-    study: str, series: str, instance: str, request: Request, ctx: Ctx
+    study: str, series: str, instance: str, request: Request, ctx: Ctx, access: Access
 ) -> StreamingResponse:
     """Retrieve one instance."""
-    return await _retrieve(request, ctx, study, series, instance)
+    return await _retrieve(request, ctx, study, series, instance, access=access)
 
 
 # -- metadata ----------------------------------------------------------------------------
 async def _metadata(
-    request: Request, ctx: Ctx, base: str, study: str, series: str | None, instance: str | None
+    request: Request,
+    ctx: Ctx,
+    base: str,
+    study: str,
+    series: str | None,
+    instance: str | None,
+    *,
+    access: AccessScope,
 ) -> Response:
     _check_uids(study, series, instance)
     negotiate_json(request.headers.get("accept"))
 
     def _collect() -> bytes:
-        return b"".join(ctx.retrieve.metadata(study, series, instance, base))
+        return b"".join(ctx.retrieve.metadata(access, study, series, instance, base))
 
     body = await run_in_threadpool(_collect)
     return Response(body, media_type="application/dicom+json")
 
 
 @router.get("/studies/{study}/metadata")
-async def study_metadata(study: str, request: Request, ctx: Ctx, base: BaseURL) -> Response:
+async def study_metadata(
+    study: str, request: Request, ctx: Ctx, access: Access, base: BaseURL
+) -> Response:
     """Metadata of all instances of a study (PS3.18 §10.4.1.1.2)."""
-    return await _metadata(request, ctx, base, study, None, None)
+    return await _metadata(request, ctx, base, study, None, None, access=access)
 
 
 @router.get("/studies/{study}/series/{series}/metadata")
 async def series_metadata(
-    study: str, series: str, request: Request, ctx: Ctx, base: BaseURL
+    study: str, series: str, request: Request, ctx: Ctx, access: Access, base: BaseURL
 ) -> Response:
     """Metadata of all instances of a series."""
-    return await _metadata(request, ctx, base, study, series, None)
+    return await _metadata(request, ctx, base, study, series, None, access=access)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
 async def instance_metadata(
-    study: str, series: str, instance: str, request: Request, ctx: Ctx, base: BaseURL
+    study: str,
+    series: str,
+    instance: str,
+    request: Request,
+    ctx: Ctx,
+    access: Access,
+    base: BaseURL,
 ) -> Response:
     """Metadata of one instance."""
-    return await _metadata(request, ctx, base, study, series, instance)
+    return await _metadata(request, ctx, base, study, series, instance, access=access)
 
 
 # -- frames ------------------------------------------------------------------------------
@@ -142,7 +168,7 @@ def parse_frame_list(value: str) -> list[int]:
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
 async def retrieve_frames(
-    study: str, series: str, instance: str, frames: str, request: Request, ctx: Ctx
+    study: str, series: str, instance: str, frames: str, request: Request, ctx: Ctx, access: Access
 ) -> Response:
     """Native frames as multipart/related; type="application/octet-stream" (§10.4.1.1.4).
 
@@ -154,7 +180,7 @@ async def retrieve_frames(
     negotiate_frames(request.headers.get("accept"))
 
     def _decode() -> list[bytes]:
-        _item, it = ctx.retrieve.frames(study, series, instance, numbers)
+        _item, it = ctx.retrieve.frames(access, study, series, instance, numbers)
         return list(it)
 
     data = await run_in_threadpool(_decode)
@@ -174,7 +200,13 @@ async def retrieve_frames(
 # -- bulk data ---------------------------------------------------------------------------
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}")
 async def retrieve_bulkdata(
-    study: str, series: str, instance: str, tag_path: str, request: Request, ctx: Ctx
+    study: str,
+    series: str,
+    instance: str,
+    tag_path: str,
+    request: Request,
+    ctx: Ctx,
+    access: Access,
 ) -> Response:
     """A bulk data value referenced by a BulkDataURI (PS3.18 §10.4.1.1.3)."""
     _check_uids(study, series, instance)
@@ -185,7 +217,7 @@ async def retrieve_bulkdata(
         for i, s in enumerate(segments)
     ):
         raise InvalidRequest(f"invalid bulk data path '{tag_path[:80]}'")
-    data = await run_in_threadpool(ctx.retrieve.bulkdata, study, series, instance, segments)
+    data = await run_in_threadpool(ctx.retrieve.bulkdata, access, study, series, instance, segments)
     boundary = new_boundary()
     ctype = "application/octet-stream"
     if segments[-1].upper() == "7FE00010":
@@ -231,6 +263,8 @@ async def _rendered(
     instance: str | None,
     frames: str | None,
     thumbnail: bool,
+    *,
+    access: AccessScope,
 ) -> Response:
     _check_uids(study, series, instance)
     params = _render_params(request, thumbnail)
@@ -239,6 +273,7 @@ async def _rendered(
         raise InvalidRequest("rendered frames: ask for one frame per request")
     image = await run_in_threadpool(
         ctx.retrieve.rendered,
+        access,
         study,
         series,
         instance,
@@ -254,21 +289,35 @@ def _add_rendered_routes() -> None:
         thumb = kind == "thumbnail"
 
         def make(thumb: bool = thumb) -> tuple[object, object, object, object]:
-            async def study_r(study: str, request: Request, ctx: Ctx) -> Response:
-                return await _rendered(request, ctx, study, None, None, None, thumb)
+            async def study_r(study: str, request: Request, ctx: Ctx, access: Access) -> Response:
+                return await _rendered(request, ctx, study, None, None, None, thumb, access=access)
 
-            async def series_r(study: str, series: str, request: Request, ctx: Ctx) -> Response:
-                return await _rendered(request, ctx, study, series, None, None, thumb)
+            async def series_r(
+                study: str, series: str, request: Request, ctx: Ctx, access: Access
+            ) -> Response:
+                return await _rendered(
+                    request, ctx, study, series, None, None, thumb, access=access
+                )
 
             async def instance_r(
-                study: str, series: str, instance: str, request: Request, ctx: Ctx
+                study: str, series: str, instance: str, request: Request, ctx: Ctx, access: Access
             ) -> Response:
-                return await _rendered(request, ctx, study, series, instance, None, thumb)
+                return await _rendered(
+                    request, ctx, study, series, instance, None, thumb, access=access
+                )
 
             async def frames_r(
-                study: str, series: str, instance: str, frames: str, request: Request, ctx: Ctx
+                study: str,
+                series: str,
+                instance: str,
+                frames: str,
+                request: Request,
+                ctx: Ctx,
+                access: Access,
             ) -> Response:
-                return await _rendered(request, ctx, study, series, instance, frames, thumb)
+                return await _rendered(
+                    request, ctx, study, series, instance, frames, thumb, access=access
+                )
 
             return study_r, series_r, instance_r, frames_r
 
@@ -291,28 +340,32 @@ _add_rendered_routes()
 
 
 # -- delete ------------------------------------------------------------------------------
-async def _delete(ctx: Ctx, study: str, series: str | None, instance: str | None) -> Response:
+async def _delete(
+    ctx: Ctx, study: str, series: str | None, instance: str | None, *, access: AccessScope
+) -> Response:
     _check_uids(study, series, instance)
-    await run_in_threadpool(ctx.delete.delete, study, series, instance)
+    await run_in_threadpool(ctx.delete.delete, access, study, series, instance)
     return Response(status_code=204)
 
 
 @router.delete("/studies/{study}")
-async def delete_study(study: str, ctx: Ctx) -> Response:
+async def delete_study(study: str, ctx: Ctx, access: Access) -> Response:
     """Delete a study: index rows, then stored objects."""
-    return await _delete(ctx, study, None, None)
+    return await _delete(ctx, study, None, None, access=access)
 
 
 @router.delete("/studies/{study}/series/{series}")
-async def delete_series(study: str, series: str, ctx: Ctx) -> Response:
+async def delete_series(study: str, series: str, ctx: Ctx, access: Access) -> Response:
     """Delete a series."""
-    return await _delete(ctx, study, series, None)
+    return await _delete(ctx, study, series, None, access=access)
 
 
 @router.delete("/studies/{study}/series/{series}/instances/{instance}")
-async def delete_instance(study: str, series: str, instance: str, ctx: Ctx) -> Response:
+async def delete_instance(
+    study: str, series: str, instance: str, ctx: Ctx, access: Access
+) -> Response:
     """Delete one instance."""
-    return await _delete(ctx, study, series, instance)
+    return await _delete(ctx, study, series, instance, access=access)
 
 
 __all__ = ["StoredInstance", "router"]

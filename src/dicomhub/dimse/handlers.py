@@ -30,6 +30,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.events import Event
 
+from dicomhub.core.access import SYSTEM, AccessScope
 from dicomhub.core.attributes import Level
 from dicomhub.core.dicomjson import row_to_json
 from dicomhub.core.errors import DicomhubError, InvalidRequest
@@ -125,6 +126,10 @@ class DimseHandlers:
             (evt.EVT_N_ACTION, self.on_n_action),
         ]
 
+    def access(self, event: Event) -> AccessScope:
+        """The access scope of the association's calling AE (device authentication next)."""
+        return SYSTEM
+
     # -- Verification ----------------------------------------------------------------------
     def on_echo(self, event: Event) -> int:
         """C-ECHO: always success (PS3.4 A.4)."""
@@ -159,6 +164,7 @@ class DimseHandlers:
             return self._status(0xA700, f"cannot stage: {exc}")
         outcome = self.ctx.store.store(
             StagedFile(Path(name), size, hasher.hexdigest()),
+            access=self.access(event),
             expected_sop_class_uid=str(req.AffectedSOPClassUID),
             expected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
         )
@@ -188,7 +194,7 @@ class DimseHandlers:
         try:
             level = _level(identifier, model)
             query = parse_find(level, _identifier_keys(identifier))
-            rows = self.ctx.query.search(query, {})
+            rows = self.ctx.query.search(self.access(event), query, {})
         except DicomhubError as exc:
             yield self._status(st.FIND_IDENTIFIER_DOES_NOT_MATCH, str(exc)).Status, None
             return
@@ -218,7 +224,7 @@ class DimseHandlers:
         return out
 
     # -- Retrieve --------------------------------------------------------------------------
-    def _select(self, identifier: Dataset, model: str) -> list[StoredInstance]:
+    def _select(self, event: Event, identifier: Dataset, model: str) -> list[StoredInstance]:
         level = _level(identifier, model)
         keys: dict[str, list[str]] = {}
         for lv in (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE):
@@ -233,7 +239,7 @@ class DimseHandlers:
                 keys[name] = values
             if lv == level:
                 break
-        return self.ctx.retrieve.select(level, keys)
+        return self.ctx.retrieve.select(self.access(event), level, keys)
 
     def _dataset(self, item: StoredInstance, accepted: set[str]) -> Dataset:
         """The stored instance as a data set the peer accepted (decompressed if needed)."""
@@ -254,7 +260,7 @@ class DimseHandlers:
     def on_get(self, event: Event) -> Iterator[Any]:
         """C-GET: C-STORE sub-operations on the same association (PS3.4 C.4.3)."""
         try:
-            items = self._select(event.identifier, str(_request(event).AffectedSOPClassUID))
+            items = self._select(event, event.identifier, str(_request(event).AffectedSOPClassUID))
         except DicomhubError as exc:
             log.info("C-GET refused: %s", exc)
             yield 0
@@ -319,7 +325,7 @@ class DimseHandlers:
             yield None, None
             return
         try:
-            items = self._select(event.identifier, str(_request(event).AffectedSOPClassUID))
+            items = self._select(event, event.identifier, str(_request(event).AffectedSOPClassUID))
         except DicomhubError as exc:
             log.info("C-MOVE refused: %s", exc)
             yield node.host, node.port
@@ -358,19 +364,20 @@ class DimseHandlers:
         assoc = event.assoc
         threading.Thread(
             target=self._commitment_report,
-            args=(info, requestor.ae_title, requestor.address, assoc),
+            args=(info, requestor.ae_title, requestor.address, assoc, self.access(event)),
             daemon=True,
             name="storage-commitment",
         ).start()
         return st.SUCCESS, None
 
-    def commitment_result(self, info: Dataset) -> tuple[int, Dataset]:
+    def commitment_result(self, info: Dataset, access: AccessScope) -> tuple[int, Dataset]:
         """Check each referenced instance against the index and its SHA-256 (PS3.4 J.3.3)."""
         success, failed = [], []
         for ref in info.ReferencedSOPSequence:
             sop_class = str(ref.get("ReferencedSOPClassUID", ""))
             sop = str(ref.get("ReferencedSOPInstanceUID", ""))
-            stored = self.ctx.index.find_instance(sop)
+            found = self.ctx.retrieve.select(access, Level.IMAGE, {"SOPInstanceUID": [sop]})
+            stored = found[0] if found else None
             reason = None
             if stored is None:
                 reason = st.COMMIT_NO_SUCH_OBJECT_INSTANCE
@@ -405,8 +412,10 @@ class DimseHandlers:
             return False
         return h.hexdigest() == stored.sha256
 
-    def _commitment_report(self, info: Dataset, ae_title: str, address: str, assoc: Any) -> None:
-        event_type, report = self.commitment_result(info)
+    def _commitment_report(
+        self, info: Dataset, ae_title: str, address: str, assoc: Any, access: AccessScope
+    ) -> None:
+        event_type, report = self.commitment_result(info, access)
         node = self.ctx.nodes.by_ae_title(ae_title)
         if node is not None:
             ae = AE(ae_title=self.ae_title)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -25,17 +26,19 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
+from dicomhub.core.access import SYSTEM, AccessScope
 from dicomhub.core.attributes import ATTRIBUTES, BY_PATH, PATIENT_KEYS, Attribute, Level
 from dicomhub.core.model import ParsedInstance, QueryRow, StagedFile, StoredInstance
 from dicomhub.core.ports import DuplicateInstance
 from dicomhub.core.query import Constraint, Match, Query, like_pattern
 from dicomhub.index import migrate
-from dicomhub.index.tables import instances, series, studies
+from dicomhub.index.tables import grants, instances, series, studies, subscribers
 
 _TABLE_BY_LEVEL = {Level.STUDY: studies, Level.SERIES: series, Level.IMAGE: instances}
 _STUDY_COLUMNS = [a for a in ATTRIBUTES if a.level == Level.STUDY]
@@ -130,6 +133,7 @@ class SqlIndex:
         self.url = url
         self.schema = schema
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
+        self._default_owner: int | None = None
         if self.dialect == "sqlite":
             self.engine = self._sqlite_engine(url, immediate=False)
             self.write_engine = self._sqlite_engine(url, immediate=True)
@@ -188,18 +192,94 @@ class SqlIndex:
             self.write_engine.dispose()
 
     # -- writes --------------------------------------------------------------------------
-    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
-        """Look up one instance by SOP Instance UID."""
+    def default_owner(self) -> int:
+        """pk of the subscriber ``default`` (created by migration 0003)."""
+        if self._default_owner is None:
+            with self.engine.connect() as conn:
+                self._default_owner = int(
+                    conn.execute(
+                        select(subscribers.c.pk).where(subscribers.c.name == "default")
+                    ).scalar_one()
+                )
+        return self._default_owner
+
+    def find_instance(self, sop_instance_uid: str, owner_pk: int) -> StoredInstance | None:
+        """Look up one instance by SOP Instance UID in an owner's namespace."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                self._stored_select().where(instances.c.sop_instance_uid == sop_instance_uid)
+                self._stored_select().where(
+                    instances.c.sop_instance_uid == sop_instance_uid,
+                    instances.c.owner_pk == owner_pk,
+                )
             ).first()
         return _stored(row) if row else None
+
+    def store_owner(self, study_instance_uid: str, access: AccessScope, default_pk: int) -> int:
+        """The namespace a store by ``access`` goes to (docs/security.md).
+
+        The caller's own subscriber, unless the caller does not have the study but holds a
+        read-write grant on another subscriber's study with this UID: then the instance is
+        added to that study.  Server admins without a subscriber store into ``default_pk``.
+        """
+        own = access.subscriber_pk if access.subscriber_pk is not None else default_pk
+        with self.engine.connect() as conn:
+            mine = conn.execute(
+                select(studies.c.pk).where(
+                    studies.c.owner_pk == own, studies.c.study_instance_uid == study_instance_uid
+                )
+            ).first()
+            if mine is not None or access.everything:
+                return own
+            granted = conn.execute(
+                select(studies.c.owner_pk)
+                .where(
+                    studies.c.study_instance_uid == study_instance_uid,
+                    self._grant_exists(access.for_write(), None),
+                )
+                .order_by(studies.c.pk)
+            ).first()
+        return int(granted[0]) if granted else own
+
+    def _now(self) -> datetime:
+        now = datetime.now(UTC)
+        return now.replace(tzinfo=None) if self.dialect == "sqlite" else now
+
+    def _grant_exists(self, access: AccessScope, series_col: Any) -> ColumnElement[bool]:
+        """EXISTS a live grant of the current study (or of ``series_col``) to ``access``."""
+        grantee = [grants.c.grantee_subscriber_pk == access.subscriber_pk]
+        if access.principal_pk is not None:
+            grantee.append(grants.c.grantee_principal_pk == access.principal_pk)
+        conds: list[ColumnElement[bool]] = [
+            grants.c.owner_pk == studies.c.owner_pk,
+            grants.c.study_instance_uid == studies.c.study_instance_uid,
+            or_(*grantee),
+            or_(grants.c.expires_at.is_(None), grants.c.expires_at > self._now()),
+        ]
+        if access.write:
+            conds.append(grants.c.access == "write")
+        if series_col is not None:
+            conds.append(
+                or_(
+                    grants.c.series_instance_uid.is_(None),
+                    grants.c.series_instance_uid == series_col,
+                )
+            )
+        return exists(select(grants.c.pk).where(*conds))
+
+    def _visible(self, access: AccessScope, level: Level) -> ColumnElement[bool]:
+        """Rows of ``studies`` (and ``series`` below study level) the scope may see."""
+        if access.everything:
+            return true()
+        own = studies.c.owner_pk == access.subscriber_pk
+        series_col = series.c.series_instance_uid if level != Level.STUDY else None
+        return or_(own, self._grant_exists(access, series_col))
 
     def _insert_or_get(
         self, conn: Connection, table: Any, uid_col: str, uid: str, values: dict[str, Any]
     ) -> tuple[int, bool]:
-        pk = conn.execute(select(table.c.pk).where(table.c[uid_col] == uid)).scalar()
+        owner = values["owner_pk"]
+        where = (table.c[uid_col] == uid, table.c.owner_pk == owner)
+        pk = conn.execute(select(table.c.pk).where(*where)).scalar()
         if pk is not None:
             return int(pk), False
         insert_fn: Any
@@ -216,18 +296,18 @@ class SqlIndex:
         pk = conn.execute(stmt).scalar()
         if pk is not None:
             return int(pk), True
-        pk = conn.execute(select(table.c.pk).where(table.c[uid_col] == uid)).scalar_one()
+        pk = conn.execute(select(table.c.pk).where(*where)).scalar_one()
         return int(pk), False
 
     def _write_rows(
-        self, conn: Connection, parsed: ParsedInstance, staged: StagedFile, key: str
+        self, conn: Connection, parsed: ParsedInstance, staged: StagedFile, key: str, owner: int
     ) -> None:
         cols = parsed.columns
         study_values = {a.column: cols.get(a.column) for a in _STUDY_COLUMNS if not a.computed}
         for pn in ("patient_name", "referring_physician_name"):
             study_values[pn + "_norm"] = cols.get(pn + "_norm")
             study_values[pn + "_words"] = cols.get(pn + "_words")
-        study_values.update(num_series=0, num_instances=0, modalities_in_study=None)
+        study_values.update(num_series=0, num_instances=0, modalities_in_study=None, owner_pk=owner)
         study_pk, _ = self._insert_or_get(
             conn, studies, "study_instance_uid", parsed.study_instance_uid, study_values
         )
@@ -237,6 +317,7 @@ class SqlIndex:
         ).one()
         series_values = {a.column: cols.get(a.column) for a in _SERIES_COLUMNS if not a.computed}
         series_values.update(
+            owner_pk=owner,
             study_pk=study_pk,
             num_instances=0,
             timezone_offset_from_utc=cols.get("timezone_offset_from_utc"),
@@ -248,6 +329,7 @@ class SqlIndex:
             a.column: cols.get(a.column) for a in _INSTANCE_COLUMNS if not a.computed
         }
         instance_values.update(
+            owner_pk=owner,
             series_pk=series_pk,
             study_pk=study_pk,
             transfer_syntax_uid=parsed.transfer_syntax_uid,
@@ -280,29 +362,33 @@ class SqlIndex:
             )
         )
 
-    def add_instance(self, parsed: ParsedInstance, staged: StagedFile, storage_key: str) -> None:
+    def add_instance(
+        self, parsed: ParsedInstance, staged: StagedFile, storage_key: str, owner_pk: int
+    ) -> None:
         """Insert one instance with its study and series, in one transaction."""
         try:
             with self.write_engine.begin() as conn:
-                self._write_rows(conn, parsed, staged, storage_key)
+                self._write_rows(conn, parsed, staged, storage_key, owner_pk)
         except IntegrityError as exc:
-            if self.find_instance(parsed.sop_instance_uid) is not None:
+            if self.find_instance(parsed.sop_instance_uid, owner_pk) is not None:
                 raise DuplicateInstance(parsed.sop_instance_uid) from exc
             raise
 
     def replace_instance(
-        self, parsed: ParsedInstance, staged: StagedFile, storage_key: str
+        self, parsed: ParsedInstance, staged: StagedFile, storage_key: str, owner_pk: int
     ) -> StoredInstance:
         """Replace an instance row (duplicate policy 'overwrite'); return the old one."""
+        where = and_(
+            instances.c.sop_instance_uid == parsed.sop_instance_uid,
+            instances.c.owner_pk == owner_pk,
+        )
         with self.write_engine.begin() as conn:
-            row = conn.execute(
-                self._stored_select().where(instances.c.sop_instance_uid == parsed.sop_instance_uid)
-            ).first()
+            row = conn.execute(self._stored_select().where(where)).first()
             if row is None:
                 raise LookupError(parsed.sop_instance_uid)
             old = _stored(row)
-            self._delete_in(conn, instances.c.sop_instance_uid == parsed.sop_instance_uid)
-            self._write_rows(conn, parsed, staged, storage_key)
+            self._delete_in(conn, where)
+            self._write_rows(conn, parsed, staged, storage_key, owner_pk)
         return old
 
     # -- reads ---------------------------------------------------------------------------
@@ -320,17 +406,21 @@ class SqlIndex:
                 instances.c.sha256,
                 instances.c.number_of_frames,
                 instances.c.pixel_data_offset,
+                instances.c.owner_pk,
             )
             .select_from(instances)
             .join(series, series.c.pk == instances.c.series_pk)
             .join(studies, studies.c.pk == instances.c.study_pk)
         )
 
-    @staticmethod
     def _resource_filter(
-        study: str, series_uid: str | None, instance: str | None
+        self,
+        study: str,
+        series_uid: str | None,
+        instance: str | None,
+        access: AccessScope,
     ) -> ColumnElement[bool]:
-        conds = [studies.c.study_instance_uid == study]
+        conds = [studies.c.study_instance_uid == study, self._visible(access, Level.SERIES)]
         if series_uid is not None:
             conds.append(series.c.series_instance_uid == series_uid)
         if instance is not None:
@@ -338,16 +428,25 @@ class SqlIndex:
         return and_(*conds)
 
     def instances(
-        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+        self,
+        access: AccessScope,
+        study: str,
+        series_uid: str | None = None,
+        instance_uid: str | None = None,
     ) -> list[StoredInstance]:
-        """Instances under a study/series/instance, ordered for retrieval."""
+        """Instances under a study/series/instance the scope may see, in retrieval order.
+
+        If the same UIDs exist in several visible namespaces (own and granted), the
+        caller's own copy wins.
+        """
         stmt = (
             self._stored_select()
-            .where(self._resource_filter(study, series_uid, instance_uid))
+            .where(self._resource_filter(study, series_uid, instance_uid, access))
             .order_by(instances.c.series_pk, instances.c.instance_number, instances.c.pk)
         )
         with self.engine.connect() as conn:
-            return [_stored(r) for r in conn.execute(stmt)]
+            found = [_stored(r) for r in conn.execute(stmt)]
+        return _one_namespace(found, access)
 
     def pixel_data_offset(self, sop_instance_uid: str) -> int | None:
         """Offset of the Pixel Data value in the stored file (native frames read from there)."""
@@ -360,34 +459,49 @@ class SqlIndex:
         return int(value) if value is not None else None
 
     def metadata(
-        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+        self,
+        access: AccessScope,
+        study: str,
+        series_uid: str | None = None,
+        instance_uid: str | None = None,
     ) -> Iterator[bytes]:
-        """Each instance's DICOM JSON, decompressed, in retrieval order."""
+        """Each visible instance's DICOM JSON, decompressed, in retrieval order."""
         stmt = (
-            select(instances.c.metadata_json)
+            select(instances.c.metadata_json, instances.c.owner_pk)
             .select_from(instances)
             .join(series, series.c.pk == instances.c.series_pk)
             .join(studies, studies.c.pk == instances.c.study_pk)
-            .where(self._resource_filter(study, series_uid, instance_uid))
+            .where(self._resource_filter(study, series_uid, instance_uid, access))
             .order_by(instances.c.series_pk, instances.c.instance_number, instances.c.pk)
         )
         with self.engine.connect() as conn:
-            blobs = [r[0] for r in conn.execute(stmt)]
-        for blob in blobs:
+            rows = [(r[0], r[1]) for r in conn.execute(stmt)]
+        owners = {owner for _, owner in rows}
+        if len(owners) > 1:
+            keep = access.subscriber_pk if access.subscriber_pk in owners else min(owners)
+            rows = [r for r in rows if r[1] == keep]
+        for blob, _ in rows:
             yield zlib.decompress(blob)
 
-    def count_instances(self) -> int:
-        """Number of indexed instances."""
+    def count_instances(self, owner_pk: int | None = None) -> int:
+        """Number of indexed instances (of one owner, or all)."""
+        stmt = select(func.count()).select_from(instances)
+        if owner_pk is not None:
+            stmt = stmt.where(instances.c.owner_pk == owner_pk)
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(instances)).scalar_one())
+            return int(conn.execute(stmt).scalar_one())
 
     # -- query ---------------------------------------------------------------------------
-    def _condition(self, c: Constraint) -> ColumnElement[bool]:
+    def _condition(self, c: Constraint, access: AccessScope) -> ColumnElement[bool]:
         attr = c.attribute
         if attr.path == "ModalitiesInStudy":
             inner = Constraint(_MODALITY, c.kind, c.values)
             return exists(
-                select(series.c.pk).where(series.c.study_pk == studies.c.pk, self._condition(inner))
+                select(series.c.pk).where(
+                    series.c.study_pk == studies.c.pk,
+                    self._condition(inner, access),
+                    self._visible(access, Level.SERIES),
+                )
             )
         table = _TABLE_BY_LEVEL[attr.level]
         if attr.vr == "PN":
@@ -421,12 +535,17 @@ class SqlIndex:
             return and_(*conds)
         raise ValueError(c.kind)
 
-    def search(self, query: Query, scope: dict[str, str]) -> list[QueryRow]:
-        """Run a QIDO-RS/C-FIND query at its level (PS3.4 C.4.1.3.1.1)."""
+    def search(self, query: Query, scope: dict[str, str], access: AccessScope) -> list[QueryRow]:
+        """Run a QIDO-RS/C-FIND query at its level (PS3.4 C.4.1.3.1.1).
+
+        Only what ``access`` may see is matched, counted and paged: the visibility
+        condition is part of the SQL, and study-level counts and ModalitiesInStudy are
+        computed over the visible series only.
+        """
         level = query.level
         rep: Any
         if level == Level.PATIENT:
-            return self._search_patients(query)
+            return self._search_patients(query, access)
         if level == Level.STUDY:
             stmt = select(*_study_cols()).select_from(studies).order_by(studies.c.pk)
             rep = select(func.min(instances.c.pk)).where(instances.c.study_pk == studies.c.pk)
@@ -451,9 +570,9 @@ class SqlIndex:
             stmt = stmt.where(studies.c.study_instance_uid == scope["StudyInstanceUID"])
         if "SeriesInstanceUID" in scope:
             stmt = stmt.where(series.c.series_instance_uid == scope["SeriesInstanceUID"])
-        conds = [self._condition(c) for c in query.constraints]
-        if conds:
-            stmt = stmt.where(and_(*conds))
+        conds = [self._condition(c, access) for c in query.constraints]
+        conds.append(self._visible(access, Level.STUDY if level == Level.STUDY else Level.SERIES))
+        stmt = stmt.where(and_(*conds))
         if query.offset:
             stmt = stmt.offset(query.offset)
         if query.limit is not None:
@@ -476,6 +595,8 @@ class SqlIndex:
                         )
                     ):
                         extras[pk] = json.loads(zlib.decompress(blob))
+            if level == Level.STUDY and not access.everything and rows:
+                self._visible_counts(conn, rows, access)
         result: list[QueryRow] = []
         wanted_tags = {_keyword_to_tag(k) for k in query.extra_includes}
         for r in rows:
@@ -490,21 +611,49 @@ class SqlIndex:
             result.append(QueryRow(values=r, extra=extra))
         return result
 
-    def _search_patients(self, query: Query) -> list[QueryRow]:
-        """Patient level (Patient Root C-FIND): distinct patients of the study rows."""
+    def _visible_counts(
+        self, conn: Connection, rows: list[dict[str, Any]], access: AccessScope
+    ) -> None:
+        """Recompute study counts and modalities over the series ``access`` may see."""
+        pks = [r["study_pk"] for r in rows]
+        stats: dict[int, list[Any]] = {pk: [0, 0, set()] for pk in pks}
+        stmt = (
+            select(series.c.study_pk, series.c.modality, series.c.num_instances)
+            .select_from(series)
+            .join(studies, studies.c.pk == series.c.study_pk)
+            .where(series.c.study_pk.in_(pks), self._visible(access, Level.SERIES))
+        )
+        for study_pk, modality, n in conn.execute(stmt):
+            entry = stats[study_pk]
+            entry[0] += 1
+            entry[1] += n
+            if modality:
+                entry[2].add(modality)
+        for r in rows:
+            n_series, n_instances, modalities = stats[r["study_pk"]]
+            r["NumberOfStudyRelatedSeries"] = n_series
+            r["NumberOfStudyRelatedInstances"] = n_instances
+            r["ModalitiesInStudy"] = "\\".join(sorted(modalities)) or None
+
+    def _search_patients(self, query: Query, access: AccessScope) -> list[QueryRow]:
+        """Patient level (Patient Root C-FIND): distinct patients of the visible studies,
+        with counts over the visible series."""
         keys = [BY_PATH[k] for k in PATIENT_KEYS]
         cols = [studies.c[a.column] for a in keys]
         stmt = (
             select(
                 *[c.label(a.path) for c, a in zip(cols, keys, strict=True)],
-                func.count().label("NumberOfPatientRelatedStudies"),
-                func.sum(studies.c.num_series).label("NumberOfPatientRelatedSeries"),
-                func.sum(studies.c.num_instances).label("NumberOfPatientRelatedInstances"),
+                func.count(func.distinct(studies.c.pk)).label("NumberOfPatientRelatedStudies"),
+                func.count(series.c.pk).label("NumberOfPatientRelatedSeries"),
+                func.sum(series.c.num_instances).label("NumberOfPatientRelatedInstances"),
             )
+            .select_from(studies)
+            .join(series, series.c.study_pk == studies.c.pk)
             .group_by(*cols)
             .order_by(func.min(studies.c.pk))
         )
-        conds = [self._condition(c) for c in query.constraints]
+        conds = [self._condition(c, access) for c in query.constraints]
+        conds.append(self._visible(access, Level.SERIES))
         if conds:
             stmt = stmt.where(and_(*conds))
         if query.offset:
@@ -514,7 +663,9 @@ class SqlIndex:
         with self.engine.connect() as conn:
             return [QueryRow(values=dict(r._mapping)) for r in conn.execute(stmt)]
 
-    def select_instances(self, level: Level, keys: dict[str, list[str]]) -> list[StoredInstance]:
+    def select_instances(
+        self, level: Level, keys: dict[str, list[str]], access: AccessScope
+    ) -> list[StoredInstance]:
         """Instances named by the unique keys of a C-GET/C-MOVE identifier (PS3.4 C.4.2.2.1).
 
         ``keys`` maps PatientID, StudyInstanceUID, SeriesInstanceUID and SOPInstanceUID to
@@ -535,6 +686,7 @@ class SqlIndex:
         for key, values in keys.items():
             if values:
                 stmt = stmt.where(columns[key].in_(values))
+        stmt = stmt.where(self._visible(access, Level.SERIES))
         with self.engine.connect() as conn:
             return [_stored(r) for r in conn.execute(stmt)]
 
@@ -599,11 +751,21 @@ class SqlIndex:
         return [r.storage_key for r in rows]
 
     def delete(
-        self, study: str, series_uid: str | None = None, instance_uid: str | None = None
+        self,
+        access: AccessScope,
+        study: str,
+        series_uid: str | None = None,
+        instance_uid: str | None = None,
     ) -> list[str]:
-        """Delete the rows under a resource; return the storage keys of removed instances."""
+        """Delete the rows under a resource; return the storage keys of removed instances.
+
+        Only the owner (or a server admin) deletes; grants never allow deletion.
+        """
+        where = self._resource_filter(study, series_uid, instance_uid, SYSTEM)
+        if not access.everything:
+            where = and_(where, studies.c.owner_pk == access.subscriber_pk)
         with self.write_engine.begin() as conn:
-            return self._delete_in(conn, self._resource_filter(study, series_uid, instance_uid))
+            return self._delete_in(conn, where)
 
 
 _MODALITY = next(a for a in ATTRIBUTES if a.path == "Modality")
@@ -626,6 +788,15 @@ def _in_all(level: Level, tag: str, element: dict[str, Any]) -> bool:
     return element.get("vr") not in _INSTANCE_EXCLUDE_VRS and "BulkDataURI" not in element
 
 
+def _one_namespace(found: list[StoredInstance], access: AccessScope) -> list[StoredInstance]:
+    """Keep one owner's copy when the same UIDs are visible in several namespaces."""
+    owners = {i.owner_pk for i in found}
+    if len(owners) <= 1:
+        return found
+    keep = access.subscriber_pk if access.subscriber_pk in owners else min(owners)
+    return [i for i in found if i.owner_pk == keep]
+
+
 def _stored(row: Any) -> StoredInstance:
     return StoredInstance(
         study_instance_uid=row.study_instance_uid,
@@ -638,6 +809,7 @@ def _stored(row: Any) -> StoredInstance:
         sha256=row.sha256,
         number_of_frames=row.number_of_frames,
         pixel_data_offset=row.pixel_data_offset,
+        owner_pk=row.owner_pk,
     )
 
 

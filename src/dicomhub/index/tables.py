@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -22,6 +23,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
+    UniqueConstraint,
     func,
 )
 
@@ -30,11 +33,98 @@ metadata = MetaData()
 UID = String(64)
 PN = String(324)
 
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("title", String(256)),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), server_default=func.now()),
+)
+
+principals = Table(
+    "principals",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("subscriber_pk", Integer, ForeignKey("subscribers.pk", ondelete="CASCADE")),
+    Column("kind", String(16), nullable=False),  # user | device
+    Column("name", String(128), nullable=False, unique=True),
+    Column("role", String(32), nullable=False),
+    Column("password_hash", String(256)),
+    Column("ae_titles", String(512)),  # devices: space-separated AE titles
+    Column("allowed_addresses", String(1024)),  # devices: comma-separated CIDRs
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), server_default=func.now()),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "principal_pk", Integer, ForeignKey("principals.pk", ondelete="CASCADE"), nullable=False
+    ),
+    Column("key_id", String(32), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=False),
+    Column("label", String(128)),
+    Column("created_at", DateTime(timezone=True), server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("owner_pk", Integer, ForeignKey("subscribers.pk", ondelete="CASCADE"), nullable=False),
+    Column("study_instance_uid", UID, nullable=False),
+    Column("series_instance_uid", UID),
+    Column("grantee_subscriber_pk", Integer, ForeignKey("subscribers.pk", ondelete="CASCADE")),
+    Column("grantee_principal_pk", Integer, ForeignKey("principals.pk", ondelete="CASCADE")),
+    Column("access", String(16), nullable=False),  # read | write
+    Column("expires_at", DateTime(timezone=True)),
+    Column("created_by", String(128)),
+    Column("created_at", DateTime(timezone=True), server_default=func.now()),
+)
+Index("ix_grants_owner_study", grants.c.owner_pk, grants.c.study_instance_uid)
+Index("ix_grants_grantee_subscriber", grants.c.grantee_subscriber_pk)
+Index("ix_grants_grantee_principal", grants.c.grantee_principal_pk)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column(
+        "pk", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("time", DateTime(timezone=True), nullable=False, index=True),
+    Column("event", String(32), nullable=False, index=True),
+    Column("action", String(1), nullable=False),  # C R U D E (PS3.15 A.5.3.1)
+    Column("outcome", Integer, nullable=False),  # 0 4 8 12
+    Column("principal", String(128), index=True),
+    Column("subscriber", String(64), index=True),
+    Column("source", String(128)),
+    Column("interface", String(16)),  # http | dimse | cli
+    Column("study_instance_uid", UID, index=True),
+    Column("patient_id", String(64)),
+    Column("detail", Text),
+)
+
 studies = Table(
     "studies",
     metadata,
     Column("pk", Integer, primary_key=True, autoincrement=True),
-    Column("study_instance_uid", UID, nullable=False, unique=True),
+    Column("owner_pk", Integer, ForeignKey("subscribers.pk"), nullable=False, index=True),
+    Column("study_instance_uid", UID, nullable=False, index=True),
     Column("patient_name", PN),
     Column("patient_name_norm", PN, index=True),
     Column("patient_name_words", PN),
@@ -56,6 +146,7 @@ studies = Table(
     Column("num_instances", Integer, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), server_default=func.now()),
+    UniqueConstraint("owner_pk", "study_instance_uid", name="uq_studies_owner_uid"),
 )
 
 series = Table(
@@ -69,7 +160,8 @@ series = Table(
         nullable=False,
         index=True,
     ),
-    Column("series_instance_uid", UID, nullable=False, unique=True),
+    Column("owner_pk", Integer, ForeignKey("subscribers.pk"), nullable=False),
+    Column("series_instance_uid", UID, nullable=False, index=True),
     Column("modality", String(16), index=True),
     Column("series_number", Integer),
     Column("series_description", String(256)),
@@ -83,6 +175,7 @@ series = Table(
     Column("timezone_offset_from_utc", String(16)),
     Column("num_instances", Integer, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), server_default=func.now()),
+    UniqueConstraint("owner_pk", "series_instance_uid", name="uq_series_owner_uid"),
 )
 
 instances = Table(
@@ -97,7 +190,8 @@ instances = Table(
         nullable=False,
         index=True,
     ),
-    Column("sop_instance_uid", UID, nullable=False, unique=True),
+    Column("owner_pk", Integer, ForeignKey("subscribers.pk"), nullable=False),
+    Column("sop_instance_uid", UID, nullable=False, index=True),
     Column("sop_class_uid", UID, nullable=False, index=True),
     Column("instance_number", Integer),
     Column("content_date", String(16)),
@@ -113,6 +207,7 @@ instances = Table(
     Column("pixel_data_offset", BigInteger),
     Column("metadata_json", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), server_default=func.now()),
+    UniqueConstraint("owner_pk", "sop_instance_uid", name="uq_instances_owner_uid"),
 )
 
 remote_nodes = Table(
