@@ -13,13 +13,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 import uvicorn
 from sqlalchemy import create_engine, text
 
 from dicomhub.config import Settings
 from dicomhub.context import Context, build_context
+from dicomhub.core.access import Kind, Principal, Role
 from dicomhub.dicomweb.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,12 +137,56 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class AuthedHTTP:
+    """``requests`` with the bearer token of the live server a URL belongs to.
+
+    Tests call ``http.get(url)`` to act as that archive's admin (created at start-up, as
+    ``dicomhub serve`` does); raw ``requests`` calls go unauthenticated.
+    """
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+
+    def headers_for(self, url: str, headers: dict[str, str] | None) -> dict[str, str]:
+        merged = dict(headers or {})
+        for origin, token in self.tokens.items():
+            if url.startswith(origin) and "Authorization" not in merged:
+                merged["Authorization"] = f"Bearer {token}"
+        return merged
+
+    def request(self, method: str, url: str, **kw: Any) -> requests.Response:
+        kw["headers"] = self.headers_for(url, kw.get("headers"))
+        return requests.request(method, url, **kw)
+
+    def get(self, url: str, **kw: Any) -> requests.Response:
+        return self.request("GET", url, **kw)
+
+    def post(self, url: str, **kw: Any) -> requests.Response:
+        return self.request("POST", url, **kw)
+
+    def delete(self, url: str, **kw: Any) -> requests.Response:
+        return self.request("DELETE", url, **kw)
+
+
+http = AuthedHTTP()
+
+CLI_ADMIN = Principal(0, "test-admin", Kind.USER, Role.ADMIN, None, None)
+
+
 class LiveServer:
-    """uvicorn serving the app on a loopback port in a background thread."""
+    """uvicorn serving the app on a loopback port in a background thread.
+
+    Like ``dicomhub serve``, it creates the ``admin`` user on a fresh archive; ``token``
+    is a bearer token of that admin and ``headers`` carries it.
+    """
 
     def __init__(self, context: Context) -> None:
         self.ctx = context
         self.port = free_port()
+        if context.auth.bootstrap_admin() is None and not context.auth.store.principal_get("admin"):
+            context.auth.add_user(CLI_ADMIN, None, "admin", Role.ADMIN, None, "test")
+        self.token = context.auth.issue_token(CLI_ADMIN, "admin", 3600, "test")[0]
+        self.headers = {"Authorization": f"Bearer {self.token}"}
         config = uvicorn.Config(
             create_app(context),
             host="127.0.0.1",
@@ -154,7 +201,18 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/dicom-web"
 
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> Any:
+        """A dicomweb-client authenticated as the admin."""
+        from dicomweb_client.api import DICOMwebClient
+
+        return DICOMwebClient(self.url, headers=self.headers)
+
     def __enter__(self) -> LiveServer:
+        http.tokens[self.origin] = self.token
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
@@ -166,6 +224,7 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
+        http.tokens.pop(self.origin, None)
 
 
 @pytest.fixture
@@ -173,6 +232,26 @@ def server(ctx: Context) -> Iterator[LiveServer]:
     """A live DICOMweb server on a fresh archive (SQLite and PostgreSQL)."""
     with LiveServer(ctx) as live:
         yield live
+
+
+# Calling AE titles of the DIMSE test peers (DCMTK defaults and the tests' pynetdicom AEs),
+# registered as one device of the subscriber 'default', where the admin's uploads land.
+TEST_AE_TITLES = (
+    "ECHOSCU",
+    "STORESCU",
+    "FINDSCU",
+    "GETSCU",
+    "MOVESCU",
+    "PYNETDICOM",
+    "PYNETSCU",
+    "CONCURRENT",
+    "TRUNCATED",
+    "ABORTER",
+    "PRIVATE",
+    "COMMITSCU",
+    "COMMITSCP",
+    "STORESCP",
+)
 
 
 @dataclass
@@ -202,6 +281,7 @@ def node(tmp_path: Path, database: tuple[str, str | None]) -> Iterator[LiveNode]
     context = build_context(
         make_settings(tmp_path / "data", url, schema, dimse_port=free_port(), ae_title="DICOMHUB")
     )
+    context.auth.add_device(CLI_ADMIN, "default", "test-tools", TEST_AE_TITLES, (), "test")
     dimse = DimseServer(context)
     dimse.start()
     try:

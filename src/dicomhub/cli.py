@@ -10,9 +10,13 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dicomhub import __version__
 from dicomhub.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from dicomhub.core.access import Principal
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -41,6 +45,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     ctx = build_context(settings)  # creates the data dir and migrates the index
+    password = ctx.auth.bootstrap_admin()
+    if password:
+        origin = f"http://{settings.host}:{settings.http_port}"
+        print(
+            "\n  First start: created user 'admin' (role admin) with password\n"
+            f"      {password}\n  (shown once; change it with the API or create other users).\n"
+            f"  Get a token:  curl -s -d grant_type=password -d username=admin "
+            f"-d password='{password}' {origin}/auth/token\n"
+            f"  or locally:   dicomhub token issue admin --data-dir {settings.data_dir}\n",
+            flush=True,
+        )
+        pw_file = settings.data_dir / "initial-admin-password"
+        with open(os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            fh.write(password + "\n")
     dimse = None
     if settings.dimse_port:
         from dicomhub.dimse.server import DimseServer
@@ -52,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"{ctx.index.dialect}\n  DICOMweb: http://{settings.host}:{settings.http_port}/dicom-web"
         + (
             f"\n  DIMSE:    {settings.ae_title} on {settings.dimse_host or settings.host}:"
-            f"{dimse.port}"
+            f"{dimse.port}" + (f" (DICOM TLS on {dimse.tls_port})" if dimse.tls_port else "")
             if dimse
             else ""
         ),
@@ -134,6 +152,208 @@ def cmd_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_principal() -> Principal:
+    """The local operator: whoever can run the CLI on the data directory is an admin."""
+    import getpass
+    import socket
+
+    from dicomhub.core.access import Kind, Principal, Role
+
+    return Principal(
+        0, f"cli:{getpass.getuser()}@{socket.gethostname()}", Kind.USER, Role.ADMIN, None, None
+    )
+
+
+def _print(args: argparse.Namespace, doc: object, text: str) -> None:
+    import json
+
+    print(json.dumps(doc, default=str) if getattr(args, "json", False) else text)
+
+
+def _epoch_arg(value: str | None) -> float | None:
+    if not value:
+        return None
+    from datetime import UTC, datetime
+
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def cmd_access(args: argparse.Namespace) -> int:
+    """subscriber / user / device / token / apikey / grant / audit commands."""
+    from dataclasses import asdict
+
+    from dicomhub.context import build_context
+    from dicomhub.core.access import Role
+    from dicomhub.core.errors import DicomhubError
+
+    ctx = build_context(_settings(args))
+    me = _cli_principal()
+    src = "cli"
+    auth = ctx.auth
+    try:
+        cmd = args.access_command
+        if cmd == "subscriber-add":
+            auth.add_subscriber(me, args.name, args.title, src)
+            _print(args, {"name": args.name}, f"subscriber {args.name} added")
+        elif cmd == "subscriber-list":
+            subs = auth.store.subscriber_list()
+            _print(args, subs, "\n".join(s["name"] for s in subs))
+        elif cmd == "user-add":
+            password = auth.add_user(
+                me, args.subscriber, args.name, Role(args.role), args.password, src
+            )
+            _print(
+                args,
+                {"name": args.name, "password": password},
+                f"user {args.name} added; password (shown once): {password}",
+            )
+        elif cmd == "device-add":
+            key = auth.add_device(
+                me, args.subscriber, args.name, args.ae_titles or [], args.address or [], src
+            )
+            _print(
+                args,
+                {"name": args.name, "api_key": key},
+                f"device {args.name} added; API key (shown once): {key}",
+            )
+        elif cmd == "token-issue":
+            token, exp = auth.issue_token(me, args.name, args.ttl, src)
+            _print(args, {"access_token": token, "expires_at": exp}, token)
+        elif cmd == "apikey-issue":
+            key = auth.issue_api_key(me, args.name, args.label, args.ttl, src)
+            _print(args, {"api_key": key}, key)
+        elif cmd == "revoke":
+            auth.revoke(me, args.credential, src)
+            _print(args, {"revoked": True}, "revoked")
+        elif cmd == "grant-add":
+            pk = auth.add_grant(
+                me,
+                args.study,
+                args.series,
+                args.to_subscriber,
+                args.to_user,
+                args.access,
+                _epoch_arg(args.expires),
+                src,
+                owner=args.owner,
+            )
+            _print(args, {"grant": pk}, f"grant {pk} added")
+        elif cmd == "grant-remove":
+            auth.remove_grant(me, args.grant, src)
+            _print(args, {"removed": args.grant}, f"grant {args.grant} removed")
+        elif cmd == "grant-list":
+            grants = auth.list_grants(me)
+            _print(
+                args,
+                [asdict(g) for g in grants],
+                "\n".join(
+                    f"{g.pk:5} {g.owner:16} {g.study_instance_uid} {g.series_instance_uid or '*'} "
+                    f"-> {g.grantee_subscriber or g.grantee_principal} {g.access}"
+                    for g in grants
+                ),
+            )
+        elif cmd == "audit":
+            events = ctx.audit.query(
+                me,
+                principal=args.principal,
+                study=args.study,
+                event=args.event,
+                since=_epoch_arg(args.since),
+                until=_epoch_arg(args.until),
+                limit=args.limit,
+            )
+            _print(
+                args,
+                events,
+                "\n".join(
+                    f"{e['time']} {e['event']:14} {e['outcome']:2} {e['principal'] or '-':20} "
+                    f"{e['source'] or '-':22} {e['study_instance_uid'] or ''}"
+                    for e in events
+                ),
+            )
+    except DicomhubError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        ctx.close()
+    return 0
+
+
+def _access_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    def leaf(parent: Any, name: str, command: str, help_: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help_)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=cmd_access, access_command=command)
+        return p
+
+    s = sub.add_parser("subscriber", help="subscribers (organisations)")
+    ss = s.add_subparsers(dest="sub_command", required=True)
+    p = leaf(ss, "add", "subscriber-add", "add a subscriber")
+    p.add_argument("name")
+    p.add_argument("--title")
+    leaf(ss, "list", "subscriber-list", "list subscribers")
+
+    u = sub.add_parser("user", help="users (people)")
+    us = u.add_subparsers(dest="sub_command", required=True)
+    p = leaf(us, "add", "user-add", "add a user; prints its password once")
+    p.add_argument("name")
+    p.add_argument("--subscriber")
+    p.add_argument(
+        "--role", default="reader", choices=["admin", "subscriber-admin", "uploader", "reader"]
+    )
+    p.add_argument("--password", help="default: generated")
+
+    d = sub.add_parser("device", help="devices (modalities, workstations, printers)")
+    ds = d.add_subparsers(dest="sub_command", required=True)
+    p = leaf(ds, "add", "device-add", "add a device; prints its API key once")
+    p.add_argument("name")
+    p.add_argument("--subscriber")
+    p.add_argument("--ae-title", action="append", dest="ae_titles", help="AE title (repeatable)")
+    p.add_argument("--address", action="append", help="allowed source address/CIDR")
+
+    t = sub.add_parser("token", help="bearer tokens")
+    ts = t.add_subparsers(dest="sub_command", required=True)
+    p = leaf(ts, "issue", "token-issue", "issue a token for a principal")
+    p.add_argument("name")
+    p.add_argument("--ttl", type=int, help="lifetime in seconds")
+    p = leaf(ts, "revoke", "revoke", "revoke a token or an API key")
+    p.add_argument("credential")
+
+    k = sub.add_parser("apikey", help="long-lived API keys")
+    ks = k.add_subparsers(dest="sub_command", required=True)
+    p = leaf(ks, "issue", "apikey-issue", "issue an API key for a principal")
+    p.add_argument("name")
+    p.add_argument("--label")
+    p.add_argument("--ttl", type=int)
+    p = leaf(ks, "revoke", "revoke", "revoke an API key (the key or its id)")
+    p.add_argument("credential")
+
+    g = sub.add_parser("grant", help="share studies with other subscribers or users")
+    gs = g.add_subparsers(dest="sub_command", required=True)
+    p = leaf(gs, "add", "grant-add", "share a study (or series)")
+    p.add_argument("study")
+    p.add_argument("--series")
+    p.add_argument("--owner", help="subscriber owning the study")
+    p.add_argument("--to-subscriber")
+    p.add_argument("--to-user")
+    p.add_argument("--access", default="read", choices=["read", "write"])
+    p.add_argument("--expires", help="ISO 8601 date/time")
+    p = leaf(gs, "remove", "grant-remove", "revoke a grant")
+    p.add_argument("grant", type=int)
+    leaf(gs, "list", "grant-list", "list grants")
+
+    a = leaf(sub, "audit", "audit", "read the audit trail")
+    a.add_argument("--principal")
+    a.add_argument("--study")
+    a.add_argument("--event")
+    a.add_argument("--since", help="ISO 8601")
+    a.add_argument("--until", help="ISO 8601")
+    a.add_argument("--limit", type=int, default=100)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dicomhub`` command."""
     parser = argparse.ArgumentParser(prog="dicomhub", description="dicomhub medical image service")
@@ -168,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     nrm.add_argument("name")
     for p in (nadd, nlist, nrm):
         p.set_defaults(func=cmd_node)
+
+    _access_parsers(sub, common)
 
     db = sub.add_parser("db", help="index database maintenance")
     dbsub = db.add_subparsers(dest="db_command", required=True)

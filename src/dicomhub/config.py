@@ -64,6 +64,25 @@ class Settings(BaseSettings):
     qido_max_limit: int = Field(10000, description="Largest QIDO-RS limit accepted.")
     fsync: bool = Field(True, description="fsync every stored object before indexing it.")
     workers: int = Field(1, description="HTTP worker processes.")
+    token_ttl: int = Field(3600, description="Lifetime of issued bearer tokens (s).")
+    lockout_threshold: int = Field(5, description="Failed logins before a principal locks.")
+    lockout_seconds: int = Field(300, description="How long a locked principal stays locked (s).")
+    oidc_issuer: str | None = Field(None, description="Trusted external OpenID Connect issuer.")
+    oidc_jwks_url: str | None = Field(None, description="JWKS URL of the trusted issuer.")
+    oidc_audience: str | None = Field(None, description="Required 'aud' of external tokens.")
+    oidc_claim: str = Field(
+        "preferred_username", description="Claim of external tokens naming a local principal."
+    )
+    audit_jsonl: Path | None = Field(None, description="Also append audit events to this file.")
+    audit_syslog: str | None = Field(
+        None, description="Also send audit events as RFC 5424 syslog over UDP to host:port."
+    )
+    tls_port: int = Field(0, description="DICOM TLS port (PS3.15 Annex B); 0 = off.")
+    tls_cert: Path | None = Field(None, description="Server certificate (PEM) for DICOM TLS.")
+    tls_key: Path | None = Field(None, description="Server private key (PEM) for DICOM TLS.")
+    tls_ca: Path | None = Field(
+        None, description="CA bundle; when set, DICOM TLS clients must present a certificate."
+    )
     dimse_port: int = Field(11112, description="DICOM (DIMSE) port; 0 disables the DIMSE edge.")
     dimse_host: str | None = Field(None, description="DIMSE bind address (default: host).")
     ae_title: str = Field("DICOMHUB", description="Our application entity title.")

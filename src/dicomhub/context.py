@@ -7,9 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dicomhub.auth.passwords import Argon2Hasher
+from dicomhub.auth.repository import SqlAccessStore
+from dicomhub.auth.sinks import JsonLinesSink, SyslogSink
+from dicomhub.auth.tokens import JwtCodec, load_or_create_key
 from dicomhub.codecs.pixels import PydicomPixelCodec
 from dicomhub.codecs.reader import DicomFileReader
 from dicomhub.config import Settings
+from dicomhub.core.auth import AuditService, AuthService
 from dicomhub.core.services import (
     DeleteService,
     NodeService,
@@ -34,6 +39,8 @@ class Context:
     retrieve: RetrieveService
     delete: DeleteService
     nodes: NodeService
+    auth: AuthService
+    audit: AuditService
 
     def close(self) -> None:
         """Release database connections."""
@@ -49,6 +56,29 @@ def build_context(settings: Settings, *, migrate: bool = True) -> Context:
     blobs = FileSystemBlobStore(settings.data_dir / "storage")
     reader = DicomFileReader(settings.bulk_data_threshold)
     pixels = PydicomPixelCodec()
+    access_store = SqlAccessStore(index.engine, index.write_engine, index.dialect)
+    sinks: list[object] = []
+    if settings.audit_jsonl:
+        sinks.append(JsonLinesSink(settings.audit_jsonl))
+    if settings.audit_syslog:
+        sinks.append(SyslogSink(settings.audit_syslog))
+    audit = AuditService(access_store, sinks)  # type: ignore[arg-type]
+    tokens = JwtCodec(
+        load_or_create_key(settings.data_dir / "keys"),
+        oidc_issuer=settings.oidc_issuer,
+        oidc_jwks_url=settings.oidc_jwks_url,
+        oidc_audience=settings.oidc_audience,
+        oidc_claim=settings.oidc_claim,
+    )
+    auth = AuthService(
+        access_store,
+        Argon2Hasher(),
+        tokens,
+        audit,
+        token_ttl=settings.token_ttl,
+        lockout_threshold=settings.lockout_threshold,
+        lockout_seconds=settings.lockout_seconds,
+    )
     return Context(
         settings=settings,
         index=index,
@@ -58,4 +88,6 @@ def build_context(settings: Settings, *, migrate: bool = True) -> Context:
         retrieve=RetrieveService(index, blobs, pixels),
         delete=DeleteService(index, blobs),
         nodes=NodeService(SqlNodeRegistry(index.engine, index.write_engine)),
+        auth=auth,
+        audit=audit,
     )

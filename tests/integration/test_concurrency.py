@@ -11,11 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
-import requests
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from conftest import LiveServer
+from conftest import LiveServer, http
 from integration.helpers import stow_body
 
 
@@ -37,7 +36,7 @@ def test_parallel_stores_into_one_study(server: LiveServer, tmp_path: Path) -> N
 
     def send(files: list[Path]) -> int:
         body, ctype = stow_body(files)
-        r = requests.post(
+        r = http.post(
             server.url + "/studies", data=body, headers={"Content-Type": ctype}, timeout=120
         )
         return r.status_code
@@ -45,11 +44,11 @@ def test_parallel_stores_into_one_study(server: LiveServer, tmp_path: Path) -> N
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(send, batches))
     assert statuses == [200] * 8
-    r = requests.get(server.url + "/studies", params={"StudyInstanceUID": study}, timeout=30)
+    r = http.get(server.url + "/studies", params={"StudyInstanceUID": study}, timeout=30)
     doc = r.json()[0]
     assert doc["00201208"]["Value"] == [49]
     assert doc["00201206"]["Value"] == [1]
-    series_docs = requests.get(f"{server.url}/studies/{study}/series", timeout=30).json()
+    series_docs = http.get(f"{server.url}/studies/{study}/series", timeout=30).json()
     assert len(series_docs) == 1 and series_docs[0]["00201209"]["Value"] == [49]
     files = list((server.ctx.settings.data_dir / "storage" / "objects").rglob("*.dcm"))
     assert len(files) == 49

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 
-from conftest import LiveServer
+from conftest import LiveServer, http
 
 
 def api(srv: LiveServer) -> str:
@@ -25,16 +24,16 @@ def test_add_list_get_remove(server: LiveServer) -> None:
         "port": 104,
         "description": "CT in room 3",
     }
-    r = requests.post(api(server), json=node, timeout=10)
+    r = http.post(api(server), json=node, timeout=10)
     assert r.status_code == 201 and r.json() == node
-    assert requests.get(api(server), timeout=10).json() == [node]
-    assert requests.get(api(server) + "/ct-1", timeout=10).json() == node
+    assert http.get(api(server), timeout=10).json() == [node]
+    assert http.get(api(server) + "/ct-1", timeout=10).json() == node
     assert server.ctx.nodes.by_ae_title("CT_SCANNER") is not None
-    assert requests.post(api(server), json=node, timeout=10).status_code == 409
-    assert requests.delete(api(server) + "/ct-1", timeout=10).status_code == 204
-    assert requests.delete(api(server) + "/ct-1", timeout=10).status_code == 404
-    assert requests.get(api(server) + "/ct-1", timeout=10).status_code == 404
-    assert requests.get(api(server), timeout=10).json() == []
+    assert http.post(api(server), json=node, timeout=10).status_code == 409
+    assert http.delete(api(server) + "/ct-1", timeout=10).status_code == 204
+    assert http.delete(api(server) + "/ct-1", timeout=10).status_code == 404
+    assert http.get(api(server) + "/ct-1", timeout=10).status_code == 404
+    assert http.get(api(server), timeout=10).json() == []
 
 
 @pytest.mark.parametrize(
@@ -54,10 +53,10 @@ def test_invalid_nodes_are_400(server: LiveServer, field: str, value: object) ->
     """In: a node with one invalid field."""
     node: dict[str, object] = {"name": "n1", "ae_title": "AE", "host": "h", "port": 104}
     node[field] = value
-    r = requests.post(api(server), json=node, timeout=10)
+    r = http.post(api(server), json=node, timeout=10)
     assert r.status_code == 400, r.text
     assert r.json()["error"]
-    assert requests.get(api(server), timeout=10).json() == []
+    assert http.get(api(server), timeout=10).json() == []
 
 
 def test_cli(tmp_path: Path) -> None:

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import requests
-from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from sqlalchemy import text
 
-from conftest import LiveServer, make_settings
+from conftest import LiveServer, http, make_settings
 from dicomhub.context import build_context
 from integration.helpers import stow_body, uid
 
@@ -101,7 +99,7 @@ def srv(
     ctx = build_context(make_settings(tmp / "data", url, schema))
     with LiveServer(ctx) as live:
         body, ctype = stow_body(make_instances(tmp))
-        r = requests.post(
+        r = http.post(
             live.url + "/studies", data=body, headers={"Content-Type": ctype}, timeout=120
         )
         assert r.status_code == 200, r.text
@@ -110,7 +108,7 @@ def srv(
 
 
 def studies(srv: LiveServer, **params: str) -> list[int]:
-    r = requests.get(srv.url + "/studies", params=params, timeout=30)
+    r = http.get(srv.url + "/studies", params=params, timeout=30)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/dicom+json"
     return sorted(int(uid(x, "0020000D").rsplit(".", 1)[1]) for x in r.json())
@@ -135,7 +133,7 @@ def test_person_names_case_insensitive_and_wildcards(srv: LiveServer) -> None:
 
 
 def test_wildcard_sent_percent_encoded(srv: LiveServer) -> None:
-    r = requests.get(srv.url + "/studies?PatientName=DOE%2A", timeout=30)
+    r = http.get(srv.url + "/studies?PatientName=DOE%2A", timeout=30)
     assert sorted(uid(x, "0020000D")[-1] for x in r.json()) == ["1", "2"]
 
 
@@ -171,23 +169,23 @@ def test_modalities_in_study(srv: LiveServer) -> None:
     assert studies(srv, ModalitiesInStudy="MR") == [1, 2, 5]
     assert studies(srv, ModalitiesInStudy="US") == [3, 5]
     assert studies(srv, ModalitiesInStudy="CT\\US") == [1, 3, 4, 5]
-    r = requests.get(srv.url + "/studies", params={"StudyInstanceUID": f"{ROOT}.5"}, timeout=30)
+    r = http.get(srv.url + "/studies", params={"StudyInstanceUID": f"{ROOT}.5"}, timeout=30)
     assert r.json()[0]["00080061"]["Value"] == ["CT", "MR", "US"]
 
 
 def test_computed_counts(srv: LiveServer) -> None:
-    r = requests.get(srv.url + "/studies", params={"StudyInstanceUID": f"{ROOT}.1"}, timeout=30)
+    r = http.get(srv.url + "/studies", params={"StudyInstanceUID": f"{ROOT}.1"}, timeout=30)
     doc = r.json()[0]
     assert doc["00201206"]["Value"] == [2]  # NumberOfStudyRelatedSeries
     assert doc["00201208"]["Value"] == [4]  # NumberOfStudyRelatedInstances
     assert doc["00081190"]["Value"][0].endswith(f"/dicom-web/studies/{ROOT}.1")
-    series = requests.get(f"{srv.url}/studies/{ROOT}.1/series", timeout=30).json()
+    series = http.get(f"{srv.url}/studies/{ROOT}.1/series", timeout=30).json()
     counts = {uid(s, "0020000E"): s["00201209"]["Value"][0] for s in series}
     assert counts == {f"{ROOT}.1.1": 3, f"{ROOT}.1.2": 1}
 
 
 def test_series_level(srv: LiveServer) -> None:
-    client = DICOMwebClient(srv.url)
+    client = srv.client()
     found = client.search_for_series(search_filters={"Modality": "CT"})
     assert sorted(uid(s, "0020000E") for s in found) == [
         f"{ROOT}.1.1",
@@ -212,7 +210,7 @@ def test_series_level(srv: LiveServer) -> None:
 
 
 def test_instance_level(srv: LiveServer) -> None:
-    client = DICOMwebClient(srv.url)
+    client = srv.client()
     found = client.search_for_instances(f"{ROOT}.1", f"{ROOT}.1.1")
     assert [x["00200013"]["Value"][0] for x in found] == [1, 2, 3]
     found = client.search_for_instances(search_filters={"InstanceNumber": "2"})
@@ -235,7 +233,7 @@ def test_instance_level(srv: LiveServer) -> None:
 def test_limit_and_offset_page_through_everything(srv: LiveServer) -> None:
     seen: list[str] = []
     for offset in range(0, 20, 4):
-        r = requests.get(srv.url + "/instances", params={"limit": 4, "offset": offset}, timeout=30)
+        r = http.get(srv.url + "/instances", params={"limit": 4, "offset": offset}, timeout=30)
         page = [uid(x, "00080018") for x in r.json()]
         assert len(page) <= 4
         seen += page
@@ -245,20 +243,20 @@ def test_limit_and_offset_page_through_everything(srv: LiveServer) -> None:
 
 
 def test_includefield(srv: LiveServer) -> None:
-    r = requests.get(
+    r = http.get(
         srv.url + "/studies",
         timeout=30,
         params={"StudyInstanceUID": f"{ROOT}.1", "includefield": "PatientWeight,00080070"},
     )
     doc = r.json()[0]
     assert "00101030" in doc and "00080070" in doc  # from the stored metadata
-    r = requests.get(
+    r = http.get(
         srv.url + "/studies",
         timeout=30,
         params={"StudyInstanceUID": f"{ROOT}.1", "includefield": "all"},
     )
     assert "00101030" in r.json()[0]  # patient module attributes come with 'all'
-    r = requests.get(
+    r = http.get(
         f"{srv.url}/studies/{ROOT}.1/series/{ROOT}.1.1/instances",
         timeout=30,
         params={"includefield": "all", "limit": "1"},
@@ -269,13 +267,13 @@ def test_includefield(srv: LiveServer) -> None:
 
 
 def test_nested_resource_that_does_not_exist_is_404(srv: LiveServer) -> None:
-    assert requests.get(srv.url + "/studies/1.2.3/series", timeout=30).status_code == 404
-    r = requests.get(f"{srv.url}/studies/{ROOT}.1/series/1.2.3/instances", timeout=30)
+    assert http.get(srv.url + "/studies/1.2.3/series", timeout=30).status_code == 404
+    r = http.get(f"{srv.url}/studies/{ROOT}.1/series/1.2.3/instances", timeout=30)
     assert r.status_code == 404
 
 
 def test_no_match_is_empty_array(srv: LiveServer) -> None:
-    r = requests.get(srv.url + "/studies", params={"PatientID": "nobody"}, timeout=30)
+    r = http.get(srv.url + "/studies", params={"PatientID": "nobody"}, timeout=30)
     assert r.status_code == 200 and r.json() == []
 
 
@@ -296,13 +294,13 @@ def test_no_match_is_empty_array(srv: LiveServer) -> None:
 )
 def test_bad_query_is_400(srv: LiveServer, params: dict[str, str]) -> None:
     """In: a malformed or unsupported parameter."""
-    r = requests.get(srv.url + "/studies", params=params, timeout=30)
+    r = http.get(srv.url + "/studies", params=params, timeout=30)
     assert r.status_code == 400
     assert r.json()["error"]
 
 
 def test_accept_that_cannot_be_met_is_406(srv: LiveServer) -> None:
-    r = requests.get(srv.url + "/studies", headers={"Accept": "application/dicom+xml"}, timeout=30)
+    r = http.get(srv.url + "/studies", headers={"Accept": "application/dicom+xml"}, timeout=30)
     assert r.status_code == 406
 
 

@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import requests
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 
-from conftest import MANIFEST, LiveServer, Sample, make_settings
+from conftest import MANIFEST, LiveServer, Sample, http, make_settings
 from dicomhub.context import build_context
 from integration.helpers import expected_frame, split_multipart, stow_body, uid
 
@@ -106,7 +105,7 @@ def _check_sample(
     base = srv.url
     original = sample.path.read_bytes()
     # WADO-RS instance: byte-identical (meta header not rewritten)
-    r = requests.get(
+    r = http.get(
         f"{base}/studies/{study}/series/{series}/instances/{sop}",
         headers={"Accept": 'multipart/related; type="application/dicom"'},
         timeout=60,
@@ -170,7 +169,7 @@ def _check_undecodable(
     the uncompressed or lossless J2K copy of the same image that the samples include."""
     study, series, sop, _ = ident
     url = f"{srv.url}/studies/{study}/series/{series}/instances/{sop}"
-    r = requests.get(f"{url}/frames/1", timeout=60)
+    r = http.get(f"{url}/frames/1", timeout=60)
     if r.status_code == 406:
         return []
     candidates = [
@@ -225,7 +224,7 @@ def _check_pixels(
     source = np.asarray(pydicom.pixels.pixel_array(sample.path, index=0))
     if source.std() > 0 and arr.std() == 0 and not _window_hides_everything(sample.path):
         problems.append("rendered image is blank")
-    jpeg = requests.get(
+    jpeg = http.get(
         f"{srv.url}/studies/{study}/series/{series}/instances/{sop}/frames/{n}/rendered",
         params={"viewport": "64,64"},
         timeout=60,
@@ -241,14 +240,12 @@ def _check_pixels(
 def test_roundtrip_wave(archive: LiveServer, wave: int) -> None:
     """STOW a wave of samples, check each one everywhere, then DELETE the wave."""
     srv = archive
-    client = DICOMwebClient(srv.url)
+    client = srv.client()
     items = WAVES[wave]
     for i in range(0, len(items), 25):
         batch = items[i : i + 25]
         body, ctype = stow_body([s.path for s, _ in batch])
-        r = requests.post(
-            f"{srv.url}/studies", data=body, headers={"Content-Type": ctype}, timeout=300
-        )
+        r = http.post(f"{srv.url}/studies", data=body, headers={"Content-Type": ctype}, timeout=300)
         assert r.status_code == 200, (r.status_code, r.text[:2000], r.headers.get("warning"))
         stored = {uid(x, "00081155") for x in r.json()["00081199"]["Value"]}
         assert stored == {ident[2] for _, ident in batch}
@@ -261,10 +258,10 @@ def test_roundtrip_wave(archive: LiveServer, wave: int) -> None:
         pytest.fail("\n".join(f"{k}: {'; '.join(v)}" for k, v in sorted(failures.items())))
     # DELETE the wave's studies; they are gone from QIDO and WADO afterwards
     for study in {ident[0] for _, ident in items}:
-        r = requests.delete(f"{srv.url}/studies/{study}", timeout=60)
+        r = http.delete(f"{srv.url}/studies/{study}", timeout=60)
         assert r.status_code in (204, 404)  # a study may span waves only via shared UIDs
-        assert requests.get(f"{srv.url}/studies/{study}/metadata", timeout=60).status_code == 404
-    assert requests.get(f"{srv.url}/studies", timeout=60).json() == []
+        assert http.get(f"{srv.url}/studies/{study}/metadata", timeout=60).status_code == 404
+    assert http.get(f"{srv.url}/studies", timeout=60).json() == []
     assert not list((srv.ctx.settings.data_dir / "storage" / "objects").rglob("*.dcm"))
 
 
@@ -272,9 +269,7 @@ def test_roundtrip_wave(archive: LiveServer, wave: int) -> None:
 def test_unstorable_samples_fail_cleanly(server: LiveServer, sample: Sample) -> None:
     """Files without File Meta Information or without identifying UIDs: 409, nothing stored."""
     body, ctype = stow_body([sample.path])
-    r = requests.post(
-        f"{server.url}/studies", data=body, headers={"Content-Type": ctype}, timeout=60
-    )
+    r = http.post(f"{server.url}/studies", data=body, headers={"Content-Type": ctype}, timeout=60)
     assert r.status_code == 409, r.text
     failed = r.json()["00081198"]["Value"]
     assert failed[0]["00081197"]["Value"][0] in (0xC000, 0xA900)

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 import requests
 
-from conftest import SAMPLES, LiveServer, make_settings
+from conftest import SAMPLES, LiveServer, http, make_settings
 from dicomhub.config import DuplicatePolicy
 from dicomhub.context import build_context
 from integration.helpers import stow_body, uid
@@ -30,7 +30,7 @@ def post(
     h = dict(headers)
     if ctype is not None:
         h["Content-Type"] = ctype
-    return requests.post(srv.url + path, data=body, headers=h, timeout=60)
+    return http.post(srv.url + path, data=body, headers=h, timeout=60)
 
 
 def stored_files(srv: LiveServer) -> list[Path]:
@@ -267,7 +267,7 @@ def test_oversized_chunked_body(small_limit_server: LiveServer) -> None:
         for i in range(0, len(body), 65536):
             yield body[i : i + 65536]
 
-    r = requests.post(
+    r = http.post(
         small_limit_server.url + "/studies",
         data=chunks(),
         headers={"Content-Type": ctype},
@@ -320,7 +320,7 @@ def test_overwrite_policy_replaces(tmp_path: Path) -> None:
         assert item["00081196"]["Value"] == [0xB000]
         files = stored_files(srv)
         assert len(files) == 1 and files[0].read_bytes() == changed.read_bytes()
-        study = requests.get(srv.url + "/studies", timeout=10).json()
+        study = http.get(srv.url + "/studies", timeout=10).json()
         assert study[0]["00100010"]["Value"][0]["Alphabetic"] == "OTHER^NAME"
     ctx.close()
 

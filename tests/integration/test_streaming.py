@@ -23,7 +23,7 @@ import requests
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from conftest import free_port
+from conftest import free_port, http
 
 FRAMES, SIZE = 300, 512
 MB = 1024 * 1024
@@ -72,6 +72,8 @@ def server_process(tmp_path: Path) -> Iterator[tuple[str, int]]:
             str(tmp_path / "data"),
             "--http-port",
             str(port),
+            "--dimse-port",
+            "0",
             "--log-level",
             "warning",
         ],
@@ -83,14 +85,24 @@ def server_process(tmp_path: Path) -> Iterator[tuple[str, int]]:
     deadline = time.monotonic() + 60
     while True:
         try:
-            if requests.get(base + "/health", timeout=2).ok:
+            if http.get(base + "/health", timeout=2).ok:
                 break
         except requests.ConnectionError:
             pass
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.2)
+    # the first start created 'admin' and left its password for the operator (0600 file)
+    password = (tmp_path / "data" / "initial-admin-password").read_text().strip()
+    r = requests.post(
+        base + "/auth/token",
+        timeout=30,
+        data={"grant_type": "password", "username": "admin", "password": password},
+    )
+    assert r.status_code == 200, r.text
+    http.tokens[base] = r.json()["access_token"]
     yield base + "/dicom-web", proc.pid
+    http.tokens.pop(base, None)
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -101,7 +113,7 @@ def test_memory_does_not_grow_with_body_size(
     url, pid = server_process
     study, series = generate_uid(), generate_uid()
     # warm up: one small request so imports and pools are loaded before measuring
-    requests.get(url + "/studies", timeout=30)
+    http.get(url + "/studies", timeout=30)
     base_rss = vm_hwm_mb(pid)
     files = []
     for i in range(3):
@@ -121,7 +133,7 @@ def test_memory_does_not_grow_with_body_size(
             yield b"\r\n"
         yield f"--{boundary}--\r\n".encode()
 
-    r = requests.post(
+    r = http.post(
         url + "/studies",
         data=body(),
         timeout=600,
@@ -133,7 +145,7 @@ def test_memory_does_not_grow_with_body_size(
     after_stow = vm_hwm_mb(pid)
     # stream the study back and count bytes without keeping them
     received = 0
-    with requests.get(f"{url}/studies/{study}", stream=True, timeout=600) as resp:
+    with http.get(f"{url}/studies/{study}", stream=True, timeout=600) as resp:
         assert resp.status_code == 200
         for chunk in resp.iter_content(MB):
             received += len(chunk)
@@ -141,9 +153,7 @@ def test_memory_does_not_grow_with_body_size(
     after_wado = vm_hwm_mb(pid)
     # a frame from the middle of the 157 MB instance
     sop = pydicom.dcmread(files[1], stop_before_pixels=True).SOPInstanceUID
-    fr = requests.get(
-        f"{url}/studies/{study}/series/{series}/instances/{sop}/frames/150", timeout=60
-    )
+    fr = http.get(f"{url}/studies/{study}/series/{series}/instances/{sop}/frames/150", timeout=60)
     assert fr.status_code == 200 and len(fr.content) > SIZE * SIZE * 2
     growth_stow, growth_wado = after_stow - base_rss, after_wado - base_rss
     print(

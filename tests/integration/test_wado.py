@@ -12,11 +12,9 @@ from collections.abc import Iterator
 import numpy as np
 import pydicom
 import pytest
-import requests
-from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 
-from conftest import SAMPLES, LiveServer
+from conftest import SAMPLES, LiveServer, http
 from dicomhub.core.access import SYSTEM
 from integration.helpers import expected_frame, split_multipart, stow_body
 
@@ -39,9 +37,7 @@ def ident(path: object) -> tuple[str, str, str]:
 @pytest.fixture
 def loaded(server: LiveServer) -> Iterator[LiveServer]:
     body, ctype = stow_body([CT, MR_J2K, US_RLE, _sr_file()])  # type: ignore[list-item]
-    r = requests.post(
-        server.url + "/studies", data=body, headers={"Content-Type": ctype}, timeout=60
-    )
+    r = http.post(server.url + "/studies", data=body, headers={"Content-Type": ctype}, timeout=60)
     assert r.status_code == 200, r.text
     yield server
 
@@ -53,19 +49,19 @@ def url(srv: LiveServer, path: object, suffix: str = "") -> str:
 
 def test_study_and_series_retrieve_stream_every_instance(loaded: LiveServer) -> None:
     st, se, _ = ident(US_RLE)
-    r = requests.get(f"{loaded.url}/studies/{st}", timeout=60)
+    r = http.get(f"{loaded.url}/studies/{st}", timeout=60)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith('multipart/related; type="application/dicom"')
     parts = split_multipart(r.content, r.headers["content-type"])
     assert [p[1] for p in parts] == [US_RLE.read_bytes()]
     assert parts[0][0]["content-type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.5"
-    r = requests.get(f"{loaded.url}/studies/{st}/series/{se}", timeout=60)
+    r = http.get(f"{loaded.url}/studies/{st}/series/{se}", timeout=60)
     assert len(split_multipart(r.content, r.headers["content-type"])) == 1
 
 
 def test_transfer_syntax_star_and_stored_are_as_stored(loaded: LiveServer) -> None:
     for ts in ("*", "1.2.840.10008.1.2.4.90"):
-        r = requests.get(
+        r = http.get(
             url(loaded, MR_J2K),
             timeout=60,
             headers={
@@ -79,7 +75,7 @@ def test_transfer_syntax_star_and_stored_are_as_stored(loaded: LiveServer) -> No
 def test_explicit_vr_little_endian_is_decompressed_losslessly(loaded: LiveServer) -> None:
     """In: Accept transfer-syntax=1.2.840.10008.1.2.1 for a J2K lossless MR and an RLE US."""
     for path in (MR_J2K, US_RLE):
-        r = requests.get(
+        r = http.get(
             url(loaded, path),
             timeout=60,
             headers={
@@ -117,7 +113,7 @@ def test_unmeetable_accept_is_406(loaded: LiveServer) -> None:
         (url(loaded, CT, "/metadata"), "application/dicom+xml"),
     ]
     for target, accept in cases:
-        r = requests.get(target, headers={"Accept": accept}, timeout=60)
+        r = http.get(target, headers={"Accept": accept}, timeout=60)
         assert r.status_code == 406, (target, accept, r.status_code)
         assert r.json()["error"]
 
@@ -137,9 +133,9 @@ def test_unknown_uids_are_404(loaded: LiveServer) -> None:
         f"{loaded.url}/studies/{ident(MR_J2K)[0]}/series/{se}/instances/{sop}",  # wrong study
     ]
     for target in missing:
-        r = requests.get(target, timeout=60)
+        r = http.get(target, timeout=60)
         assert r.status_code == 404, (target, r.status_code)
-    assert requests.delete(f"{loaded.url}/studies/1.2.3", timeout=60).status_code == 404
+    assert http.delete(f"{loaded.url}/studies/1.2.3", timeout=60).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -160,7 +156,7 @@ def test_unknown_uids_are_404(loaded: LiveServer) -> None:
 )
 def test_bad_parameters_are_400(loaded: LiveServer, suffix: str, params: dict[str, str]) -> None:
     """In: a malformed frame list, rendering parameter or bulk data path."""
-    r = requests.get(url(loaded, CT, suffix), params=params, timeout=60)
+    r = http.get(url(loaded, CT, suffix), params=params, timeout=60)
     assert r.status_code in (400, 404) if suffix == "/frames/" else r.status_code == 400, (
         suffix,
         params,
@@ -170,18 +166,18 @@ def test_bad_parameters_are_400(loaded: LiveServer, suffix: str, params: dict[st
 
 
 def test_bad_uid_in_path_is_400(loaded: LiveServer) -> None:
-    r = requests.get(f"{loaded.url}/studies/not-a-uid/metadata", timeout=60)
+    r = http.get(f"{loaded.url}/studies/not-a-uid/metadata", timeout=60)
     assert r.status_code == 400
 
 
 def test_frames_out_of_range_and_without_pixels(loaded: LiveServer) -> None:
     us = pydicom.dcmread(US_RLE, stop_before_pixels=True)
     n = int(us.get("NumberOfFrames", 1))
-    r = requests.get(url(loaded, US_RLE, f"/frames/{n + 1}"), timeout=60)
+    r = http.get(url(loaded, US_RLE, f"/frames/{n + 1}"), timeout=60)
     assert r.status_code == 404 and "frame" in r.json()["error"].lower()
-    r = requests.get(url(loaded, _sr_file(), "/frames/1"), timeout=60)
+    r = http.get(url(loaded, _sr_file(), "/frames/1"), timeout=60)
     assert r.status_code == 404
-    r = requests.get(url(loaded, _sr_file(), "/rendered"), timeout=60)
+    r = http.get(url(loaded, _sr_file(), "/rendered"), timeout=60)
     assert r.status_code == 404
 
 
@@ -189,7 +185,7 @@ def test_multiframe_frames_in_any_order(loaded: LiveServer) -> None:
     us = pydicom.dcmread(US_RLE, stop_before_pixels=True)
     n = int(us.get("NumberOfFrames", 1))
     numbers = [n, 1, n // 2 or 1]
-    client = DICOMwebClient(loaded.url)
+    client = loaded.client()
     st, se, sop = ident(US_RLE)
     frames = client.retrieve_instance_frames(
         st,
@@ -202,7 +198,7 @@ def test_multiframe_frames_in_any_order(loaded: LiveServer) -> None:
 
 
 def test_metadata_levels_and_bulk_data(loaded: LiveServer) -> None:
-    client = DICOMwebClient(loaded.url)
+    client = loaded.client()
     st, se, sop = ident(CT)
     study = client.retrieve_study_metadata(st)
     series = client.retrieve_series_metadata(st, se)
@@ -235,7 +231,7 @@ def test_rendered_and_thumbnails_at_every_level(loaded: LiveServer) -> None:
         f"{base}/series/{se}/instances/{sop}/rendered",
         f"{base}/series/{se}/instances/{sop}/frames/1/rendered",
     ):
-        r = requests.get(target, timeout=60)
+        r = http.get(target, timeout=60)
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", target
         assert Image.open(io.BytesIO(r.content)).size == (512, 512)
     for target in (
@@ -243,18 +239,18 @@ def test_rendered_and_thumbnails_at_every_level(loaded: LiveServer) -> None:
         f"{base}/series/{se}/thumbnail",
         f"{base}/series/{se}/instances/{sop}/thumbnail",
     ):
-        r = requests.get(target, headers={"Accept": "image/png"}, timeout=60)
+        r = http.get(target, headers={"Accept": "image/png"}, timeout=60)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         assert max(Image.open(io.BytesIO(r.content)).size) <= 128
     # window changes the output, quality changes the size
-    a = requests.get(
+    a = http.get(
         f"{base}/series/{se}/instances/{sop}/rendered", params={"window": "100,200"}, timeout=60
     ).content
-    b = requests.get(
+    b = http.get(
         f"{base}/series/{se}/instances/{sop}/rendered", params={"window": "1000,2000"}, timeout=60
     ).content
     assert a != b
-    small = requests.get(
+    small = http.get(
         f"{base}/series/{se}/instances/{sop}/rendered", params={"quality": "5"}, timeout=60
     ).content
     assert len(small) < len(a)
@@ -279,33 +275,27 @@ def test_delete_series_and_instance_update_the_index(loaded: LiveServer, tmp_pat
         copies.append(out)
     body, ctype = stow_body(copies)
     assert (
-        requests.post(
+        http.post(
             loaded.url + "/studies", data=body, headers={"Content-Type": ctype}, timeout=60
         ).status_code
         == 200
     )
 
     def study_doc() -> dict[str, object]:
-        r = requests.get(loaded.url + "/studies", params={"StudyInstanceUID": st}, timeout=60)
+        r = http.get(loaded.url + "/studies", params={"StudyInstanceUID": st}, timeout=60)
         return r.json()[0]  # type: ignore[no-any-return]
 
     doc = study_doc()
     assert doc["00201208"]["Value"] == [3] and doc["00201206"]["Value"] == [2]  # type: ignore[index]
     assert doc["00080061"]["Value"] == ["CT", "OT"]  # type: ignore[index]
     _, _, sop2 = ident(copies[0])
-    r = requests.delete(
-        f"{loaded.url}/studies/{st}/series/{new_series}/instances/{sop2}", timeout=60
-    )
+    r = http.delete(f"{loaded.url}/studies/{st}/series/{new_series}/instances/{sop2}", timeout=60)
     assert r.status_code == 204
     assert study_doc()["00201208"]["Value"] == [2]  # type: ignore[index]
     assert (
-        requests.delete(f"{loaded.url}/studies/{st}/series/{new_series}", timeout=60).status_code
-        == 204
+        http.delete(f"{loaded.url}/studies/{st}/series/{new_series}", timeout=60).status_code == 204
     )
     doc = study_doc()
     assert doc["00201206"]["Value"] == [1] and doc["00080061"]["Value"] == ["CT"]  # type: ignore[index]
-    assert (
-        requests.get(f"{loaded.url}/studies/{st}/series/{new_series}", timeout=60).status_code
-        == 404
-    )
-    assert requests.get(url(loaded, CT), timeout=60).status_code == 200
+    assert http.get(f"{loaded.url}/studies/{st}/series/{new_series}", timeout=60).status_code == 404
+    assert http.get(url(loaded, CT), timeout=60).status_code == 200

@@ -99,6 +99,52 @@ SYSTEM = AccessScope(subscriber_pk=None, everything=True)
 """Scope of internal maintenance (migrations, storage commitment checks)."""
 
 
+@dataclass(frozen=True)
+class PrincipalRecord:
+    """A principal as stored, with its secrets and login state (never leaves the core)."""
+
+    pk: int
+    name: str
+    kind: Kind
+    role: Role
+    subscriber_pk: int | None
+    subscriber: str | None
+    password_hash: str | None
+    ae_titles: tuple[str, ...]
+    allowed_addresses: tuple[str, ...]
+    disabled: bool
+    failed_logins: int
+    locked_until: float | None  # epoch seconds
+
+    def principal(self) -> Principal:
+        """The authenticated view of this record."""
+        return Principal(
+            self.pk,
+            self.name,
+            self.kind,
+            self.role,
+            self.subscriber_pk,
+            self.subscriber,
+            self.ae_titles,
+            self.allowed_addresses,
+        )
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A study (or series) of ``owner`` shared with a subscriber or a principal."""
+
+    pk: int
+    owner: str
+    study_instance_uid: str
+    series_instance_uid: str | None
+    grantee_subscriber: str | None
+    grantee_principal: str | None
+    access: str  # read | write
+    expires_at: float | None
+    created_by: str | None
+
+
 @dataclass
 class AuditRecord:
     """One audit event, modelled on DICOM PS3.15 A.5 / IHE ATNA.

@@ -31,6 +31,14 @@ class PayloadTooLarge(DicomhubError):
     """The request body is larger than the configured limit (HTTP 413)."""
 
 
+class Unauthorized(DicomhubError):
+    """No, invalid, expired or revoked credentials (HTTP 401, DIMSE association rejection)."""
+
+
+class Forbidden(DicomhubError):
+    """Authenticated, but the role does not allow this (HTTP 403)."""
+
+
 class Conflict(DicomhubError):
     """The request conflicts with the archive's state (HTTP 409)."""
 

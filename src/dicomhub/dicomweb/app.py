@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from dicomhub import __version__
 from dicomhub.context import Context
-from dicomhub.dicomweb import errors, nodes, qido, stow, wado
+from dicomhub.dicomweb import errors, nodes, qido, security, stow, wado
 
 log = logging.getLogger(__name__)
 PREFIX = "/dicom-web"
@@ -41,13 +41,16 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(qido.router, prefix=PREFIX, tags=["QIDO-RS"])
     app.include_router(wado.router, prefix=PREFIX, tags=["WADO-RS"])
     app.include_router(nodes.router, prefix="/api", tags=["nodes"])
+    app.include_router(security.router, tags=["security"])
+    app.add_middleware(security.AuditMiddleware, prefix=PREFIX)
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """Liveness: the process answers and the index is reachable."""
+        """Liveness: the process answers and the index is reachable (no authentication,
+        reveals nothing about the archive's content)."""
         from starlette.concurrency import run_in_threadpool
 
-        count = await run_in_threadpool(ctx.index.count_instances)
-        return JSONResponse({"status": "ok", "version": __version__, "instances": count})
+        await run_in_threadpool(ctx.index.default_owner)
+        return JSONResponse({"status": "ok", "version": __version__})
 
     return app

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from dicomhub.context import Context
-from dicomhub.core.access import SYSTEM, AccessScope
+from dicomhub.core.access import AccessScope, Permission, Principal
+from dicomhub.core.auth import require
+from dicomhub.core.errors import Unauthorized
 
 
 def get_context(request: Request) -> Context:
@@ -41,11 +45,50 @@ def base_url(request: Request) -> str:
     return f"{scheme}://{host}{root}{prefix}"
 
 
-def get_access(request: Request) -> AccessScope:
-    """The caller's access scope (authentication arrives in the next step: SYSTEM for now)."""
-    return SYSTEM
+def client_address(request: Request) -> str:
+    """The caller's address as seen by the server."""
+    return request.client.host if request.client else "unknown"
+
+
+async def get_principal(request: Request) -> Principal:
+    """Authenticate the request: ``Authorization: Bearer <JWT or API key>`` (RFC 6750).
+
+    Missing or invalid credentials are 401 with a ``WWW-Authenticate`` challenge.
+    """
+    cached: Principal | None = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    header = request.headers.get("authorization", "")
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise Unauthorized("authentication required: send Authorization: Bearer <token>")
+    ctx: Context = request.app.state.ctx
+    principal = await run_in_threadpool(ctx.auth.authenticate_bearer, credential.strip())
+    request.state.principal = principal
+    return principal
+
+
+def _scope(permission: Permission) -> Callable[..., Awaitable[AccessScope]]:
+    async def dependency(request: Request) -> AccessScope:
+        principal = await get_principal(request)
+        require(principal, permission)
+        scope = principal.scope
+        return scope.for_write() if permission == Permission.WRITE else scope
+
+    return dependency
+
+
+async def require_admin(request: Request) -> Principal:
+    """A server administrator."""
+    principal = await get_principal(request)
+    require(principal, Permission.ADMIN)
+    return principal
 
 
 Ctx = Annotated[Context, Depends(get_context)]
-Access = Annotated[AccessScope, Depends(get_access)]
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+Admin = Annotated[Principal, Depends(require_admin)]
+Access = Annotated[AccessScope, Depends(_scope(Permission.READ))]
+WriteAccess = Annotated[AccessScope, Depends(_scope(Permission.WRITE))]
+DeleteAccess = Annotated[AccessScope, Depends(_scope(Permission.DELETE))]
 BaseURL = Annotated[str, Depends(base_url)]

@@ -23,6 +23,8 @@ STATUS: list[tuple[type[errors.DicomhubError], int]] = [
     (errors.UnsupportedMediaType, 415),
     (errors.PayloadTooLarge, 413),
     (errors.Conflict, 409),
+    (errors.Unauthorized, 401),
+    (errors.Forbidden, 403),
 ]
 
 
@@ -44,7 +46,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(errors.DicomhubError)
     async def _domain(_req: Request, exc: errors.DicomhubError) -> JSONResponse:
-        return error_body(status_for(exc), str(exc))
+        status = status_for(exc)
+        response = error_body(status, str(exc))
+        if status == 401:
+            response.headers["WWW-Authenticate"] = (
+                'Bearer realm="dicomhub", error="invalid_token"'
+                if "authentication required" not in str(exc)
+                else 'Bearer realm="dicomhub"'
+            )
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:

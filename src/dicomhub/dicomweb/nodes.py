@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from dicomhub.core.model import RemoteNode
-from dicomhub.dicomweb.deps import Ctx
+from dicomhub.dicomweb.deps import Admin, Ctx
 
 router = APIRouter()
 
@@ -40,14 +40,14 @@ def _doc(node: RemoteNode) -> dict[str, Any]:
 
 
 @router.get("/nodes")
-async def list_nodes(ctx: Ctx) -> JSONResponse:
+async def list_nodes(ctx: Ctx, _admin: Admin) -> JSONResponse:
     """All registered nodes."""
     nodes = await run_in_threadpool(ctx.nodes.list)
     return JSONResponse([_doc(n) for n in nodes])
 
 
 @router.post("/nodes", status_code=201)
-async def add_node(body: NodeIn, ctx: Ctx) -> JSONResponse:
+async def add_node(body: NodeIn, ctx: Ctx, _admin: Admin) -> JSONResponse:
     """Register a node (400 invalid, 409 name taken)."""
     node = await run_in_threadpool(
         ctx.nodes.add, body.name, body.ae_title, body.host, body.port, body.description
@@ -56,13 +56,13 @@ async def add_node(body: NodeIn, ctx: Ctx) -> JSONResponse:
 
 
 @router.get("/nodes/{name}")
-async def get_node(name: str, ctx: Ctx) -> JSONResponse:
+async def get_node(name: str, ctx: Ctx, _admin: Admin) -> JSONResponse:
     """One node (404 if unknown)."""
     return JSONResponse(_doc(await run_in_threadpool(ctx.nodes.get, name)))
 
 
 @router.delete("/nodes/{name}")
-async def remove_node(name: str, ctx: Ctx) -> Response:
+async def remove_node(name: str, ctx: Ctx, _admin: Admin) -> Response:
     """Unregister a node (204; 404 if unknown)."""
     await run_in_threadpool(ctx.nodes.remove, name)
     return Response(status_code=204)

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from dicomhub.core.access import AccessScope
 from dicomhub.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dicomhub.core.model import StagedFile, Status, StoreOutcome
-from dicomhub.dicomweb.deps import Access, BaseURL, Ctx
+from dicomhub.dicomweb.deps import BaseURL, Ctx, WriteAccess
 from dicomhub.dicomweb.multipart import (
     DATA,
     END,
@@ -221,7 +221,7 @@ async def _stow(
 
 @router.post("/studies")
 async def store_instances(
-    request: Request, ctx: Ctx, access: Access, base: BaseURL
+    request: Request, ctx: Ctx, access: WriteAccess, base: BaseURL
 ) -> JSONResponse:
     """Store instances of any studies (PS3.18 §10.5.1.1)."""
     return await _stow(request, ctx, base, None, access=access)
@@ -229,7 +229,7 @@ async def store_instances(
 
 @router.post("/studies/{study}")
 async def store_study_instances(
-    study: str, request: Request, ctx: Ctx, access: Access, base: BaseURL
+    study: str, request: Request, ctx: Ctx, access: WriteAccess, base: BaseURL
 ) -> JSONResponse:
     """Store instances of one study; others fail with 0xA900 (PS3.18 §10.5.1.1)."""
     return await _stow(request, ctx, base, study, access=access)

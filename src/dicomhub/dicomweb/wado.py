@@ -18,7 +18,7 @@ from dicomhub.codecs.render import RenderParams, parse_quality, parse_viewport, 
 from dicomhub.core.access import AccessScope
 from dicomhub.core.errors import InvalidRequest
 from dicomhub.core.model import StoredInstance
-from dicomhub.dicomweb.deps import Access, BaseURL, Ctx
+from dicomhub.dicomweb.deps import Access, BaseURL, Ctx, DeleteAccess
 from dicomhub.dicomweb.media import (
     EXPLICIT_VR_LE,
     negotiate_bulk,
@@ -349,20 +349,20 @@ async def _delete(
 
 
 @router.delete("/studies/{study}")
-async def delete_study(study: str, ctx: Ctx, access: Access) -> Response:
+async def delete_study(study: str, ctx: Ctx, access: DeleteAccess) -> Response:
     """Delete a study: index rows, then stored objects."""
     return await _delete(ctx, study, None, None, access=access)
 
 
 @router.delete("/studies/{study}/series/{series}")
-async def delete_series(study: str, series: str, ctx: Ctx, access: Access) -> Response:
+async def delete_series(study: str, series: str, ctx: Ctx, access: DeleteAccess) -> Response:
     """Delete a series."""
     return await _delete(ctx, study, series, None, access=access)
 
 
 @router.delete("/studies/{study}/series/{series}/instances/{instance}")
 async def delete_instance(
-    study: str, series: str, instance: str, ctx: Ctx, access: Access
+    study: str, series: str, instance: str, ctx: Ctx, access: DeleteAccess
 ) -> Response:
     """Delete one instance."""
     return await _delete(ctx, study, series, instance, access=access)

@@ -18,6 +18,7 @@ import os
 import tempfile
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,10 +31,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.events import Event
 
-from dicomhub.core.access import SYSTEM, AccessScope
+from dicomhub.core.access import AccessScope, AuditRecord, Principal
 from dicomhub.core.attributes import Level
 from dicomhub.core.dicomjson import row_to_json
-from dicomhub.core.errors import DicomhubError, InvalidRequest
+from dicomhub.core.errors import DicomhubError, InvalidRequest, Unauthorized
 from dicomhub.core.model import StagedFile, StoredInstance
 from dicomhub.core.query import parse_find
 from dicomhub.dimse import status as st
@@ -114,10 +115,12 @@ class DimseHandlers:
     def __init__(self, ctx: Context, ae_title: str) -> None:
         self.ctx = ctx
         self.ae_title = ae_title
+        self._principals: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
 
     def bindings(self) -> list[tuple[Any, Any]]:
         """``evt_handlers`` for ``AE.start_server``."""
         return [
+            (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_C_FIND, self.on_find),
@@ -126,9 +129,77 @@ class DimseHandlers:
             (evt.EVT_N_ACTION, self.on_n_action),
         ]
 
+    def on_requested(self, event: Event) -> None:
+        """A-ASSOCIATE-RQ: the calling AE title must be a registered device calling from an
+        allowed address; otherwise reject (rejected-permanent, service-user, calling AE
+        title not recognised — PS3.8 §9.3.4)."""
+        assoc = event.assoc
+        primitive: Any = assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title).strip()
+        try:
+            address = assoc.requestor.address
+        except ValueError:
+            address = ""
+        principal = self.ctx.auth.authenticate_ae(calling, address)
+        self._audit(
+            None, "association", "E", 0 if principal else 4, calling, address, principal=principal
+        )
+        if principal is None:
+            log.info(
+                "rejecting association from %s at %s: not a registered device", calling, address
+            )
+            assoc.acse.send_reject(0x01, 0x01, 0x03)
+            assoc.kill()  # as pynetdicom's own rejections: wait until the A-ASSOCIATE-RJ is out
+            return
+        self._principals[assoc] = principal
+
+    def principal(self, event: Event) -> Principal:
+        """The device authenticated for the event's association."""
+        principal = self._principals.get(event.assoc)
+        if principal is None:  # cannot happen: unauthenticated associations are rejected
+            raise Unauthorized("association not authenticated")
+        return principal
+
     def access(self, event: Event) -> AccessScope:
-        """The access scope of the association's calling AE (device authentication next)."""
-        return SYSTEM
+        """The access scope of the association's device."""
+        scope = self.principal(event).scope
+        return scope
+
+    def _audit(
+        self,
+        event: Event | None,
+        name: str,
+        action: str,
+        outcome: int,
+        calling: str | None = None,
+        address: str | None = None,
+        principal: Principal | None = None,
+        study: str | None = None,
+        **detail: Any,
+    ) -> None:
+        if event is not None:
+            principal = self._principals.get(event.assoc)
+            calling = str(event.assoc.requestor.ae_title).strip()
+            try:
+                address = event.assoc.requestor.address
+            except ValueError:
+                address = None
+        try:
+            self.ctx.audit.record(
+                AuditRecord(
+                    event=name,
+                    action=action,
+                    outcome=outcome,
+                    principal=principal.name if principal else calling,
+                    subscriber=principal.subscriber if principal else None,
+                    source=f"{calling}@{address}",
+                    interface="dimse",
+                    study_instance_uid=study,
+                    detail={"calling_ae": calling, **detail},
+                )
+            )
+        except Exception:
+            log.exception("could not write the audit event")
 
     # -- Verification ----------------------------------------------------------------------
     def on_echo(self, event: Event) -> int:
@@ -164,9 +235,18 @@ class DimseHandlers:
             return self._status(0xA700, f"cannot stage: {exc}")
         outcome = self.ctx.store.store(
             StagedFile(Path(name), size, hasher.hexdigest()),
-            access=self.access(event),
+            access=self.access(event).for_write(),
             expected_sop_class_uid=str(req.AffectedSOPClassUID),
             expected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
+        )
+        self._audit(
+            event,
+            "store",
+            "C",
+            8 if outcome.failed else 0,
+            study=outcome.study_instance_uid,
+            sop=str(req.AffectedSOPInstanceUID),
+            status=int(outcome.status),
         )
         if outcome.failed or outcome.warnings:
             log.info(
@@ -196,8 +276,18 @@ class DimseHandlers:
             query = parse_find(level, _identifier_keys(identifier))
             rows = self.ctx.query.search(self.access(event), query, {})
         except DicomhubError as exc:
+            self._audit(event, "query", "E", 4, error=str(exc))
             yield self._status(st.FIND_IDENTIFIER_DOES_NOT_MATCH, str(exc)).Status, None
             return
+        self._audit(
+            event,
+            "query",
+            "E",
+            0,
+            level=level.value,
+            matches=len(rows),
+            keys=dict(_identifier_keys(identifier)),
+        )
         for row in rows:
             if event.is_cancelled:
                 yield st.CANCEL, None
@@ -257,15 +347,34 @@ class DimseHandlers:
         ds.file_meta.TransferSyntaxUID = UID(target)
         return ds
 
+    def _dataset_or_stored(
+        self, item: StoredInstance, accepted: dict[str, set[str]], service: str
+    ) -> Dataset:
+        """The instance in a syntax the peer accepted; if there is none, as stored, so that
+        only this sub-operation fails (a Warning yielded by the handler would end them all).
+        """
+        try:
+            return self._dataset(item, accepted.get(item.sop_class_uid, set()))
+        except DicomhubError as exc:
+            log.warning("%s: %s: %s", service, item.sop_instance_uid, exc)
+            return self._dataset(item, set())
+
     def on_get(self, event: Event) -> Iterator[Any]:
         """C-GET: C-STORE sub-operations on the same association (PS3.4 C.4.3)."""
         try:
             items = self._select(event, event.identifier, str(_request(event).AffectedSOPClassUID))
         except DicomhubError as exc:
             log.info("C-GET refused: %s", exc)
-            yield 0
+            self._audit(event, "retrieve", "R", 4, service="C-GET", error=str(exc))
+            # pynetdicom answers Success to "0 sub-operations"; announce one so that the
+            # failure status is what the requestor receives (PS3.4 C.4.3.1.3.1)
+            yield 1
             yield st.RETRIEVE_IDENTIFIER_DOES_NOT_MATCH, None
             return
+        for study in sorted({i.study_instance_uid for i in items}) or [""]:
+            self._audit(
+                event, "retrieve", "R", 0, study=study, service="C-GET", instances=len(items)
+            )
         accepted: dict[str, set[str]] = {}
         for cx in event.assoc.accepted_contexts:
             if cx.as_scu:  # we act as Storage SCU on this association
@@ -275,24 +384,17 @@ class DimseHandlers:
             if event.is_cancelled:
                 yield st.CANCEL, None
                 return
-            try:
-                ds = self._dataset(item, accepted.get(item.sop_class_uid, set()))
-            except DicomhubError as exc:
-                log.warning("C-GET: %s: %s", item.sop_instance_uid, exc)
-                failed = Dataset()
-                failed.FailedSOPInstanceUIDList = [item.sop_instance_uid]
-                yield 0xB000, failed
-                continue
-            yield st.PENDING, ds
+            yield st.PENDING, self._dataset_or_stored(item, accepted, "C-GET")
 
     def _negotiate(
         self, host: str, port: int, ae_title: str, items: list[StoredInstance]
     ) -> tuple[list[Any], dict[str, set[str]]]:
         """Propose contexts for the instances to move and learn what the destination accepts.
 
-        One context per SOP Class offering the stored syntaxes then Explicit and Implicit
-        VR Little Endian; a probing association tells which syntax the destination picks,
-        so instances are decompressed before pynetdicom sends them when necessary.
+        Per SOP Class one context offering the stored compressed syntaxes and one offering
+        Explicit and Implicit VR Little Endian; a probing association tells which the
+        destination accepts, so instances are decompressed before pynetdicom sends them
+        when necessary.
         """
         offered: dict[str, list[str]] = {}
         for item in items:
@@ -300,11 +402,14 @@ class DimseHandlers:
             if item.transfer_syntax_uid not in syntaxes:
                 syntaxes.insert(0, item.transfer_syntax_uid)
         contexts = []
-        for sop_class, syntaxes in list(offered.items())[:127]:
-            tss = syntaxes + [
-                ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts not in syntaxes
-            ]
-            contexts.append(build_context(sop_class, tss))
+        plain: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        for sop_class, syntaxes in list(offered.items())[:63]:
+            # one context with the stored compressed syntaxes, one uncompressed: a
+            # destination that takes only some compressed syntax gets the rest decompressed
+            compressed = [ts for ts in syntaxes if ts not in plain]
+            if compressed:
+                contexts.append(build_context(sop_class, compressed))
+            contexts.append(build_context(sop_class, plain))
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.network_timeout = 30
         ae.requested_contexts = contexts
@@ -322,16 +427,45 @@ class DimseHandlers:
         node = self.ctx.nodes.by_ae_title(destination)
         if node is None:
             log.info("C-MOVE: unknown destination '%s'", destination)
+            self._audit(
+                event,
+                "retrieve",
+                "R",
+                4,
+                service="C-MOVE",
+                destination=destination,
+                error="unknown destination",
+            )
             yield None, None
             return
         try:
             items = self._select(event, event.identifier, str(_request(event).AffectedSOPClassUID))
         except DicomhubError as exc:
             log.info("C-MOVE refused: %s", exc)
-            yield node.host, node.port
-            yield 0
+            self._audit(event, "retrieve", "R", 4, service="C-MOVE", error=str(exc))
+            # pynetdicom needs a destination association before it reports a status
+            yield (
+                node.host,
+                node.port,
+                {
+                    "contexts": [build_context("1.2.840.10008.1.1")],
+                    "ae_title": node.ae_title,
+                },
+            )
+            yield 1
             yield st.RETRIEVE_IDENTIFIER_DOES_NOT_MATCH, None
             return
+        for study in sorted({i.study_instance_uid for i in items}) or [""]:
+            self._audit(
+                event,
+                "retrieve",
+                "R",
+                0,
+                study=study,
+                service="C-MOVE",
+                destination=destination,
+                instances=len(items),
+            )
         contexts, accepted = self._negotiate(node.host, node.port, node.ae_title, items)
         yield node.host, node.port, {"contexts": contexts, "ae_title": node.ae_title}
         yield len(items)
@@ -339,15 +473,7 @@ class DimseHandlers:
             if event.is_cancelled:
                 yield st.CANCEL, None
                 return
-            try:
-                ds = self._dataset(item, accepted.get(item.sop_class_uid, set()))
-            except DicomhubError as exc:
-                log.warning("C-MOVE: %s: %s", item.sop_instance_uid, exc)
-                failed = Dataset()
-                failed.FailedSOPInstanceUIDList = [item.sop_instance_uid]
-                yield 0xB000, failed
-                continue
-            yield st.PENDING, ds
+            yield st.PENDING, self._dataset_or_stored(item, accepted, "C-MOVE")
 
     # -- Storage Commitment ----------------------------------------------------------------
     def on_n_action(self, event: Event) -> tuple[int, Dataset | None]:

@@ -8,6 +8,7 @@ Query/Retrieve FIND/GET/MOVE; Storage Commitment Push Model.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, _config
@@ -83,11 +84,31 @@ class DimseServer:
         self.ae = build_ae(self.settings)
         self.handlers = DimseHandlers(ctx, self.settings.ae_title)
         self._server: Any = None
+        self._tls_server: Any = None
 
     @property
     def port(self) -> int:
         """The bound port (useful with port 0 in tests)."""
         return int(self._server.server_address[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        """The bound DICOM TLS port, if TLS is on."""
+        return int(self._tls_server.server_address[1]) if self._tls_server else None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """TLS for DICOM (PS3.15 Annex B.9, BCP 195): TLS 1.2+, client certificates
+        required when a CA bundle is configured."""
+        s = self.settings
+        if not s.tls_cert or not s.tls_key:
+            raise ValueError("DICOM TLS needs tls_cert and tls_key")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(s.tls_cert), str(s.tls_key))
+        if s.tls_ca:
+            context.load_verify_locations(cafile=str(s.tls_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     def start(self) -> None:
         """Start listening (non-blocking)."""
@@ -100,9 +121,18 @@ class DimseServer:
             evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
         )
         log.info("DIMSE: %s listening on %s:%s", self.settings.ae_title, host, self.port)
+        if self.settings.tls_port:
+            self._tls_server = self.ae.start_server(
+                (host, self.settings.tls_port),
+                block=False,
+                evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
+                ssl_context=self.tls_context(),
+            )
+            log.info("DICOM TLS: listening on %s:%s", host, self.tls_port)
 
     def stop(self) -> None:
         """Stop accepting and close associations."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.shutdown()
+        self._server = self._tls_server = None

@@ -639,17 +639,24 @@ class SqlIndex:
         """Patient level (Patient Root C-FIND): distinct patients of the visible studies,
         with counts over the visible series."""
         keys = [BY_PATH[k] for k in PATIENT_KEYS]
-        cols = [studies.c[a.column] for a in keys]
+        # PatientID is the unique key of the patient level (PS3.4 C.6.1.1.2): one answer per
+        # PatientID, the other attributes taken from its studies
+        pid = studies.c.patient_id
+        others = [studies.c[a.column] for a in keys if a.path != "PatientID"]
         stmt = (
             select(
-                *[c.label(a.path) for c, a in zip(cols, keys, strict=True)],
+                pid.label("PatientID"),
+                *[
+                    func.min(c).label(a.path)
+                    for c, a in zip(others, [a for a in keys if a.path != "PatientID"], strict=True)
+                ],
                 func.count(func.distinct(studies.c.pk)).label("NumberOfPatientRelatedStudies"),
                 func.count(series.c.pk).label("NumberOfPatientRelatedSeries"),
                 func.sum(series.c.num_instances).label("NumberOfPatientRelatedInstances"),
             )
             .select_from(studies)
             .join(series, series.c.study_pk == studies.c.pk)
-            .group_by(*cols)
+            .group_by(pid)
             .order_by(func.min(studies.c.pk))
         )
         conds = [self._condition(c, access) for c in query.constraints]

@@ -1,0 +1,1 @@
+"""Subscribers, principals, credentials, access rules and audit (adapters + HTTP/DIMSE glue)."""
