@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         origin = f"http://{settings.host}:{settings.http_port}"
         print(
             "\n  First start: created user 'admin' (role admin) with password\n"
-            f"      {password}\n  (shown once; change it with the API or create other users).\n"
+            f"      {password}\n  (shown once; change it with `dicomhub user passwd admin`).\n"
             f"  Get a token:  curl -s -d grant_type=password -d username=admin "
             f"-d password='{password}' {origin}/auth/token\n"
             f"  or locally:   dicomhub token issue admin --data-dir {settings.data_dir}\n",
@@ -210,6 +210,12 @@ def cmd_access(args: argparse.Namespace) -> int:
                 {"name": args.name, "password": password},
                 f"user {args.name} added; password (shown once): {password}",
             )
+        elif cmd == "user-passwd":
+            import getpass
+
+            new = args.password or getpass.getpass(f"new password for {args.name}: ")
+            auth.set_password(me, args.name, new, src)
+            _print(args, {"name": args.name}, f"password of {args.name} changed")
         elif cmd == "device-add":
             key = auth.add_device(
                 me, args.subscriber, args.name, args.ae_titles or [], args.address or [], src
@@ -305,6 +311,10 @@ def _access_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--role", default="reader", choices=["admin", "subscriber-admin", "uploader", "reader"]
     )
     p.add_argument("--password", help="default: generated")
+
+    p = leaf(us, "passwd", "user-passwd", "set a user's password")
+    p.add_argument("name")
+    p.add_argument("--password", help="default: prompt")
 
     d = sub.add_parser("device", help="devices (modalities, workstations, printers)")
     ds = d.add_subparsers(dest="sub_command", required=True)

@@ -180,6 +180,9 @@ def test_qido_lists_only_own_and_granted(world: World) -> None:
         assert w.get("a_up", "/instances", params={"StudyInstanceUID": w.studies[key]}).json() == []
         r = w.get("a_up", "/studies", params={"PatientName": f"PAT^{key}"})
         assert r.json() == []  # nothing found by the other subscriber's patient name
+    # every query is audited with who asked and what
+    queries = w.srv.ctx.auth.store.audit_query(principal="a_up", event="query")
+    assert any(e["detail"]["query"].startswith("StudyInstanceUID=") for e in queries)
     # paging never counts what A cannot see
     pages = [study_list(w, "a_up", limit="2", offset=str(o)) for o in (0, 2, 4)]
     assert sum(len(p) for p in pages) == len(VISIBLE_TO_A)
@@ -373,6 +376,59 @@ def test_dimse_find_and_get_see_only_own_and_granted(world: World) -> None:
     events = w.srv.ctx.auth.store.audit_query(principal="devA")
     assert {"association", "query", "retrieve"} <= {e["event"] for e in events}
     assert all(e["interface"] == "dimse" for e in events)
+
+
+def test_dimse_move_only_moves_what_the_device_may_see(world: World, tmp_path: Path) -> None:
+    """C-MOVE by device A to a registered pynetdicom Storage SCP: a granted study arrives,
+    a hidden one yields no sub-operation."""
+    w = world
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelMove,
+    )
+
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    port = free_port()
+    scp = AE(ae_title="AMOVEDEST")
+    scp.add_supported_context(CTImageStorage)
+    server = scp.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        w.srv.ctx.nodes.add(f"a-dest-{port}", "AMOVEDEST", "127.0.0.1", port)
+        results = {}
+        for key in ("B_granted", "B_revoked"):
+            ae = AE(ae_title="DEVA")
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+            assoc = ae.associate("127.0.0.1", w.dimse_port, ae_title="DICOMHUB")
+            assert assoc.is_established
+            q = pydicom.Dataset()
+            q.QueryRetrieveLevel = "STUDY"
+            q.StudyInstanceUID = w.studies[key]
+            before = len(received)
+            final = None
+            for status, _ in assoc.send_c_move(
+                q, "AMOVEDEST", StudyRootQueryRetrieveInformationModelMove
+            ):
+                if status:
+                    final = status
+            assoc.release()
+            assert final is not None
+            results[key] = (int(final.Status), len(received) - before)
+        assert results["B_granted"][0] == 0x0000 and results["B_granted"][1] >= 1
+        assert results["B_revoked"] == (0x0000, 0)
+    finally:
+        server.shutdown()
+    moves = [
+        e
+        for e in w.srv.ctx.auth.store.audit_query(principal="devA", event="retrieve")
+        if e["detail"].get("service") == "C-MOVE"
+    ]
+    assert moves
 
 
 def test_dimse_store_lands_in_the_devices_subscriber(world: World, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from dicomhub.context import build_context
 from dicomhub.core.access import Role
 
 OPEN = ["/health"]
+NOT_SERVED = ["/docs", "/redoc", "/openapi.json"]
 PROTECTED = [
     ("GET", "/dicom-web/studies"),
     ("GET", "/dicom-web/series"),
@@ -50,6 +52,8 @@ PROTECTED = [
 def test_nothing_answers_without_credentials(server: LiveServer) -> None:
     for path in OPEN:
         assert requests.get(server.origin + path, timeout=10).status_code == 200
+    for path in NOT_SERVED:
+        assert requests.get(server.origin + path, timeout=10).status_code == 404
     for method, path in PROTECTED:
         r = requests.request(method, server.origin + path, timeout=10)
         assert r.status_code == 401, (method, path, r.status_code)
@@ -293,3 +297,130 @@ def test_roles_limit_what_principals_do(server: LiveServer) -> None:
     assert requests.get(server.origin + "/api/nodes", headers=h, timeout=10).status_code == 403
     assert requests.get(server.origin + "/audit", headers=h, timeout=10).status_code == 403
     assert http.get(server.origin + "/audit", timeout=10).status_code == 200
+
+
+def test_audit_sinks_and_cli(tmp_path: Path) -> None:
+    """In: a server configured with a JSON-lines file and a syslog UDP target (a socket the
+    test listens on); a failed login and a query; then `dicomhub audit --json`."""
+    import socket
+    import subprocess
+    import sys
+
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(5)
+    jsonl = tmp_path / "audit.jsonl"
+    data = tmp_path / "d"
+    ctx = build_context(
+        make_settings(
+            data,
+            f"sqlite:///{data / 'index.sqlite3'}",
+            None,
+            audit_jsonl=jsonl,
+            audit_syslog=f"127.0.0.1:{udp.getsockname()[1]}",
+        )
+    )
+    try:
+        with LiveServer(ctx) as srv:
+            token_request(srv, grant_type="password", username="admin", password="nope-nope")
+            assert http.get(srv.url + "/studies", timeout=10).status_code == 200
+        lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
+        assert {"login-failed", "query"} <= {e["event"] for e in lines}
+        query = next(e for e in lines if e["event"] == "query")
+        assert query["principal"] == "admin" and query["outcome"] == 0
+        messages = [udp.recv(65535).decode() for _ in range(2)]
+        assert all(m.startswith("<8") and " dicomhub " in m for m in messages)
+    finally:
+        ctx.close()
+        udp.close()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicomhub.cli",
+            "audit",
+            "--json",
+            "--event",
+            "query",
+            "--data-dir",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    events = json.loads(out.stdout)
+    assert events and all(e["event"] == "query" for e in events)
+
+
+def test_cli_users_devices_and_password_change(server: LiveServer) -> None:
+    """In: `dicomhub subscriber add`, `user add`, `user passwd`, `device add`, `grant add`,
+    `token issue` against the running server's data directory, all with --json."""
+    import subprocess
+    import sys
+
+    data = server.ctx.settings.data_dir
+    url = server.ctx.settings.effective_database_url
+    env = dict(os.environ)
+    if server.ctx.settings.database_schema:  # PostgreSQL: the archive's private schema
+        env["DICOMHUB_DATABASE_SCHEMA"] = server.ctx.settings.database_schema
+
+    def cli(*args: str) -> dict[str, object]:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dicomhub.cli",
+                *args,
+                "--json",
+                "--data-dir",
+                str(data),
+                "--database-url",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    cli("subscriber", "add", "radiology")
+    created = cli("user", "add", "frank", "--subscriber", "radiology", "--role", "uploader")
+    assert len(str(created["password"])) >= 20
+    cli("user", "passwd", "frank", "--password", "frank-new-password")
+    r = token_request(
+        server, grant_type="password", username="frank", password="frank-new-password"
+    )
+    assert r.status_code == 200
+    r = token_request(
+        server, grant_type="password", username="frank", password=str(created["password"])
+    )
+    assert r.status_code == 400
+    device = cli(
+        "device",
+        "add",
+        "mr-2",
+        "--subscriber",
+        "radiology",
+        "--ae-title",
+        "MR2",
+        "--address",
+        "10.0.0.0/8",
+    )
+    assert str(device["api_key"]).startswith("dhk_")
+    assert bearer(server, str(device["api_key"])).status_code == 200
+    token = cli("token", "issue", "frank")["access_token"]
+    assert bearer(server, str(token)).status_code == 200
+    assert cli("grant", "add", "1.2.3.4", "--owner", "radiology", "--to-user", "frank")["grant"]
+    events = {e["event"] for e in server.ctx.auth.store.audit_query()}
+    assert {
+        "subscriber-add",
+        "user-add",
+        "password-change",
+        "device-add",
+        "token-issue",
+        "grant-add",
+    } <= events

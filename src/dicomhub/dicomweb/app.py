@@ -33,6 +33,10 @@ def create_app(ctx: Context) -> FastAPI:
         version=__version__,
         description="DICOMweb archive (PS3.18): STOW-RS, QIDO-RS, WADO-RS.",
         lifespan=lifespan,
+        # no unauthenticated API explorer on a public server (docs/security.md)
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.ctx = ctx
     app.state.prefix = PREFIX

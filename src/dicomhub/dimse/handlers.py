@@ -343,8 +343,14 @@ class DimseHandlers:
                 raise InvalidRequest(
                     f"peer accepts none of {item.transfer_syntax_uid} or an uncompressed syntax"
                 )
-            ds = pydicom.dcmread(io.BytesIO(self.ctx.retrieve.pixels.to_explicit_le(path)))
-        ds.file_meta.TransferSyntaxUID = UID(target)
+            if UID(item.transfer_syntax_uid).is_compressed:
+                ds = pydicom.dcmread(io.BytesIO(self.ctx.retrieve.pixels.to_explicit_le(path)))
+            else:
+                ds = pydicom.dcmread(path)
+        syntax = UID(target)
+        ds.file_meta.TransferSyntaxUID = syntax
+        # pynetdicom encodes for the context; the data set must say it is in that syntax
+        ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian)
         return ds
 
     def _dataset_or_stored(
@@ -410,6 +416,8 @@ class DimseHandlers:
             if compressed:
                 contexts.append(build_context(sop_class, compressed))
             contexts.append(build_context(sop_class, plain))
+        if not contexts:  # nothing to move: pynetdicom still opens the association
+            contexts.append(build_context("1.2.840.10008.1.1"))
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.network_timeout = 30
         ae.requested_contexts = contexts
