@@ -424,3 +424,16 @@ def test_cli_users_devices_and_password_change(server: LiveServer) -> None:
         "token-issue",
         "grant-add",
     } <= events
+
+
+def test_audit_trail_is_append_only(server: LiveServer) -> None:
+    """In: an UPDATE and a DELETE on audit_events issued directly to the database."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    assert http.get(server.url + "/studies", timeout=10).status_code == 200
+    engine = server.ctx.index.write_engine
+    for sql in ("UPDATE audit_events SET principal = 'nobody'", "DELETE FROM audit_events"):
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.execute(text(sql))
+    assert server.ctx.auth.store.audit_query(principal="admin")
