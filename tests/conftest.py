@@ -26,7 +26,19 @@ from dicomhub.core.access import Kind, Principal, Role
 from dicomhub.dicomweb.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = Path(os.environ.get("DICOMHUB_SAMPLES", ROOT.parent / "shared" / "dicom-samples"))
+
+
+def _samples_dir() -> Path:
+    """DICOMHUB_SAMPLES, else ../shared/dicom-samples next to the checkout, else /work/shared."""
+    if os.environ.get("DICOMHUB_SAMPLES"):
+        return Path(os.environ["DICOMHUB_SAMPLES"])
+    for candidate in (ROOT.parent / "shared" / "dicom-samples", Path("/work/shared/dicom-samples")):
+        if (candidate / "MANIFEST.tsv").exists():
+            return candidate
+    return ROOT.parent / "shared" / "dicom-samples"
+
+
+SAMPLES = _samples_dir()
 PG_URL = os.environ.get("DICOMHUB_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
