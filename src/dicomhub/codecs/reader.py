@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from dicomhub.codecs import dicomjson_fast
 from dicomhub.core.attributes import ATTRIBUTES
 from dicomhub.core.errors import StoreFailure
 from dicomhub.core.model import BULK_BASE, ParsedInstance, Status
@@ -310,7 +311,7 @@ class DicomFileReader:
             f"{BULK_BASE}/studies/{uids['StudyInstanceUID']}/series/"
             f"{uids['SeriesInstanceUID']}/instances/{uids['SOPInstanceUID']}/bulkdata"
         )
-        metadata = _json_dataset(ds, base, self.bulk_data_threshold)
+        metadata = dicomjson_fast.convert(ds, base, self.bulk_data_threshold, _json_element)
         # pixel data is not read at ingest (stop_before_pixels): add it as bulk data.
         pixel_vrs = {0x7FE00010: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
         if pixel is not None:
