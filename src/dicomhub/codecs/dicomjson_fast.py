@@ -65,6 +65,37 @@ def _fast_value(raw: RawDataElement, vr: str, encodings: list[str]) -> dict[str,
     if vr in _TEXT_SINGLE:
         text = _text(value, encodings, vr).rstrip(" \x00")
         return {"vr": vr, "Value": [text]} if text else {"vr": vr}
+    if vr in ("IS", "DS"):
+        values = _ascii_values(value)
+        if values is None:
+            return {"vr": vr}
+        stripped = [v.strip(" ") for v in values]
+        if any(not v for v in stripped):
+            return None
+        if vr == "IS":
+            return {"vr": vr, "Value": [int(v) for v in stripped]}
+        floats = [float(v) for v in stripped]
+        if any(f != f or f in (float("inf"), float("-inf")) for f in floats):
+            return None
+        return {"vr": vr, "Value": floats}
+    if vr == "PN":
+        text = _text(value, encodings, vr).rstrip(" \x00")
+        if not text:
+            return {"vr": vr}
+        names = []
+        for person in text.split("\\"):
+            groups = person.split("=")
+            doc = {
+                key: group
+                for key, group in zip(
+                    ("Alphabetic", "Ideographic", "Phonetic"), groups, strict=False
+                )
+                if group
+            }
+            if not doc:
+                return None
+            names.append(doc)
+        return {"vr": vr, "Value": names}
     if vr in _NUMBERS:
         code = _NUMBERS[vr]
         size = _SIZES[code]
@@ -111,7 +142,7 @@ def convert(
                         "vr": vr,
                         "InlineBinary": base64.b64encode(elem.value).decode("ascii"),
                     }
-            elif vr not in ("?", "SQ", "PN", "DS", "IS", "AT") and "or" not in vr:
+            elif vr not in ("?", "SQ", "AT") and "or" not in vr:
                 try:
                     result = _fast_value(elem, vr, encodings)
                 except Exception:
