@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -129,6 +131,8 @@ class Bench:
         self.rng = np.random.default_rng(args.seed)
         self.cpu: dict[str, dict[str, list[float]]] = {}  # phase -> server -> [seconds, ops]
         self.ct_stored = False
+        self.dead: set[str] = set()
+        self.load_start = [round(x, 2) for x in os.getloadavg()]
 
     # -- helpers -------------------------------------------------------------------------
     def metric(self, key: str, label: str, unit: str, higher: bool, target: str = "") -> Metric:
@@ -139,15 +143,35 @@ class Bench:
 
     def attempt(self, server: Server, what: str, fn: Callable[..., T], *args: Any) -> T | None:
         """Run ``fn(*args)``; a failure becomes a note instead of ending the run."""
+        if self.exited(server):
+            return None
         try:
             return fn(*args)
         except (requests.RequestException, RuntimeError, ValueError, KeyError) as exc:
+            if isinstance(exc, requests.ConnectionError) and server.proc is not None:
+                # a server that is going away refuses connections before it exits
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    server.proc.wait(5)
+            if self.exited(server):
+                return None
             note = f"{server.name}: {what} failed: {exc}"
             log("ERROR " + note)
-            if server.proc is not None and server.proc.poll() is not None:
-                note += f" (process exited {server.proc.returncode})"
             self.notes.append(note[:500])
             return None
+
+    def exited(self, server: Server) -> bool:
+        """Whether the server's process has ended; noted once, with its log on stderr."""
+        code = server.proc.poll() if server.proc is not None else None
+        if code is None:
+            return False
+        if server.name not in self.dead:
+            self.dead.add(server.name)
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            note = f"{server.name} stopped during the run ({how}); later measurements are missing"
+            log("ERROR " + note)
+            self.notes.append(note)
+            print(f"--- end of {server.name}'s log ---\n{server.log_tail()}", file=sys.stderr)
+        return True
 
     def measure(
         self, server: Server, phase: str, ops: int, fn: Callable[..., T], *args: Any
@@ -513,6 +537,8 @@ class Bench:
         """Peak RSS of each server process (tree) after the workloads."""
         m = self.metric("peak_rss", "Peak RSS after all workloads (VmHWM)", "MiB", False)
         for srv in self.servers:
+            if self.exited(srv):
+                continue
             m.values[srv.name] = srv.peak_rss_mib()
             m.runs[srv.name] = [m.values[srv.name]]
         log("peak RSS: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in m.values.items()))
@@ -526,7 +552,11 @@ class Bench:
         return {
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "duration_s": round(time.monotonic() - _t0, 1),
-            "machine": machine_facts(self.tmp),
+            "machine": {
+                **machine_facts(self.tmp),
+                "load_average_start": self.load_start,
+                "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            },
             "versions": {
                 "dicomhub": dicomhub.version if dicomhub else package_version("dicomhub"),
                 "uvicorn": package_version("uvicorn"),
@@ -551,6 +581,9 @@ class Bench:
                 "dicomhub_workers": a.worker_counts,
                 "dicomhub_log_level": a.dicomhub_log_level,
                 "workloads": a.selected,
+                "dicomhub_auth": any(
+                    isinstance(s, Dicomhub) and s.authenticated for s in self.servers
+                ),
                 "orthanc_config": orthanc.config if orthanc else None,
             },
             "servers": {
@@ -605,8 +638,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.frames()
         bench.memory()
         for srv in bench.servers:
-            if srv.proc is not None and srv.proc.poll() is not None:
-                bench.notes.append(f"{srv.name} exited during the run: {srv.log_tail(500)}")
+            bench.exited(srv)
         results = bench.results()
         names = bench.server_names()
         write_json(args.json, results, bench.metrics)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -21,12 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import requests.auth
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
 
 _started: list[Server] = []
+_tokens: dict[str, str] = {}  # origin -> bearer token, for servers that require one
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Adds the bearer token registered for the request's origin, if any."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        url = r.url or ""
+        for origin, token in _tokens.items():
+            if url.startswith(origin + "/"):
+                r.headers["Authorization"] = f"Bearer {token}"
+        return r
 
 
 def free_port() -> int:
@@ -37,10 +51,11 @@ def free_port() -> int:
 
 
 def session() -> requests.Session:
-    """A client session: no proxies from the environment, no content encoding."""
+    """A client session: no proxies from the environment, no content encoding, tokens."""
     s = requests.Session()
     s.trust_env = False
     s.headers["Accept-Encoding"] = "identity"
+    s.auth = _BearerAuth()
     return s
 
 
@@ -104,6 +119,15 @@ def _status_kib(pid: int, field: str) -> int:
     except OSError:
         pass
     return 0
+
+
+@functools.cache
+def _serve_supports(option: str) -> bool:
+    """Whether ``dicomhub serve`` knows a command-line option (the CLI grows over time)."""
+    out = subprocess.run(
+        [str(VENV_BIN / "dicomhub"), "serve", "--help"], capture_output=True, text=True
+    )
+    return option in out.stdout
 
 
 class Server:
@@ -173,11 +197,18 @@ class Server:
         """Hook called once the server answers (e.g. to read its version)."""
 
     def log_tail(self, n: int = 2000) -> str:
-        """The end of the server's log."""
+        """The end of the server's log, secrets replaced by ``<redacted>``."""
         try:
-            return self.log_path.read_text(errors="replace")[-n:]
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
+        for secret in self.secrets():
+            text = text.replace(secret, "<redacted>")
+        return text[-n:]
+
+    def secrets(self) -> list[str]:
+        """Strings that must not appear in output or results."""
+        return list(_tokens.values())
 
     def pids(self) -> list[int]:
         """The process and its descendants (workers)."""
@@ -243,6 +274,8 @@ class Dicomhub(Server):
         super().__init__(workdir)
         self.workers = workers
         self.log_level = log_level
+        self.dimse_port = free_port()
+        self.authenticated = False
 
     def command(self) -> list[str]:
         """``dicomhub serve --data-dir … --http-port … [--workers N]``."""
@@ -258,19 +291,42 @@ class Dicomhub(Server):
         ]
         if self.workers > 1:
             cmd += ["--workers", str(self.workers)]
+        if _serve_supports("--dimse-port"):
+            # the DIMSE edge listens too (default 11112): give each instance its own port
+            cmd += ["--dimse-port", str(self.dimse_port)]
         return cmd
 
     def env(self) -> dict[str, str]:
-        """No DICOMHUB_* settings leak in from the caller's environment."""
-        return {k: v for k, v in os.environ.items() if not k.startswith("DICOMHUB_")}
+        """No DICOMHUB_* settings leak in from the caller's environment.
+
+        Tokens live long enough for the longest run (the default is one hour).
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMHUB_")}
+        env["DICOMHUB_TOKEN_TTL"] = "86400"
+        return env
 
     def ready_url(self) -> str:
         """``/health``."""
         return f"{self.origin}/health"
 
     def on_ready(self, s: requests.Session) -> None:
-        """Read the version from /health."""
+        """Read the version from /health; log in as the first-start admin if DICOMweb
+        requires authentication (password from ``<data-dir>/initial-admin-password``,
+        token from ``POST /auth/token``, as the server's start-up message tells users)."""
         self.version = str(s.get(self.ready_url(), timeout=5).json().get("version", "?"))
+        if s.get(f"{self.base}/studies?limit=1", timeout=30).status_code != 401:
+            return
+        password_file = self.workdir / "data" / "initial-admin-password"
+        password = password_file.read_text().strip()
+        r = s.post(
+            f"{self.origin}/auth/token",
+            data={"grant_type": "password", "username": "admin", "password": password},
+            timeout=30,
+        )
+        if r.status_code != 200:
+            raise RuntimeError(f"{self.name}: POST /auth/token -> {r.status_code} {r.text[:200]}")
+        _tokens[self.origin] = str(r.json()["access_token"])
+        self.authenticated = True
 
     def delete_study(self, s: requests.Session, study_uid: str) -> None:
         """``DELETE /dicom-web/studies/{uid}`` (404 when absent is fine)."""
@@ -278,9 +334,33 @@ class Dicomhub(Server):
         if r.status_code not in (200, 202, 204, 404):
             raise RuntimeError(f"{self.name}: DELETE study -> {r.status_code} {r.text[:200]}")
 
+    def secrets(self) -> list[str]:
+        """Tokens and the first-start admin password."""
+        found = super().secrets()
+        with contextlib.suppress(OSError):
+            found.append((self.workdir / "data" / "initial-admin-password").read_text().strip())
+        return [x for x in found if x]
+
     def instance_count(self, s: requests.Session) -> int:
-        """From /health."""
-        return int(s.get(self.ready_url(), timeout=30).json()["instances"])
+        """From /health if it tells, else the sum of NumberOfStudyRelatedInstances (QIDO-RS)."""
+        health = s.get(self.ready_url(), timeout=30).json()
+        if "instances" in health:
+            return int(health["instances"])
+        total, offset, page = 0, 0, 5000
+        while True:
+            r = s.get(
+                f"{self.base}/studies?includefield=00201208&limit={page}&offset={offset}",
+                headers={"Accept": "application/dicom+json"},
+                timeout=300,
+            )
+            if r.status_code == 204 or not r.content:
+                return total
+            r.raise_for_status()
+            studies = r.json()
+            total += sum(int(st["00201208"]["Value"][0]) for st in studies)
+            if len(studies) < page:
+                return total
+            offset += page
 
 
 class Orthanc(Server):
