@@ -294,6 +294,7 @@ make bench ARGS=--quick             # smoke run (~2 min)
 make bench ARGS="--workloads qido --workers 1 --qido-studies 20000"  # QIDO at 100k inst.
 .venv/bin/python -m bench.run --help
 .venv/bin/python -m bench.report    # re-render this page from bench/results/latest.json
+.venv/bin/python -m bench.report --also bench/results/qido-100k.json   # … plus another run
 ```
 
 `make bench` installs Debian's `orthanc` and `orthanc-dicomweb` if they are missing
@@ -301,6 +302,29 @@ make bench ARGS="--workloads qido --workers 1 --qido-studies 20000"  # QIDO at 1
 itself, and overwrites this page and `bench/results/latest.json`.
 """
     return text
+
+
+def additional_run(doc: dict[str, Any]) -> str:
+    """A section for another run's results (same machine, other parameters)."""
+    p = doc["params"]
+    metrics = [Metric(**m) for m in doc["metrics"]]
+    servers = list(doc["servers"])
+    n = p["qido_studies"] * p["per_study"]
+    load = doc["machine"].get("load_average_start"), doc["machine"].get("load_average_end")
+    return f"""
+## Additional run: {", ".join(p["workloads"])} at {n:,} small instances
+
+`bench.run --workloads {",".join(p["workloads"])} --qido-studies {p["qido_studies"]} --workers \
+{",".join(str(w) for w in p["dicomhub_workers"])}`
+on {doc["date"]} ({doc["duration_s"] / 60:.0f} min; load average {load[0]} at the start,
+{load[1]} at the end). Same method as above; only these parameters differ.
+
+{table(metrics, servers)}
+
+Server CPU per operation (ms):
+
+{cpu_table(doc.get("server_cpu_ms_per_op", {}), servers)}
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,10 +335,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.report", description=main.__doc__)
     parser.add_argument("json", nargs="?", type=Path, default=repo / "bench/results/latest.json")
     parser.add_argument("markdown", nargs="?", type=Path, default=repo / "docs/benchmarks.md")
+    parser.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        help="results of another run (e.g. QIDO at 100k instances) to add as a section",
+    )
     args = parser.parse_args(argv)
     doc = json.loads(args.json.read_text())
     metrics = [Metric(**m) for m in doc.pop("metrics")]
-    args.markdown.write_text(markdown(doc, metrics, list(doc["servers"])))
+    text = markdown(doc, metrics, list(doc["servers"]))
+    extra = "".join(additional_run(json.loads(path.read_text())) for path in args.also)
+    if extra:
+        text = text.replace("\n## Running it\n", extra + "\n## Running it\n", 1)
+    args.markdown.write_text(text)
     print(f"wrote {args.markdown}")
     return 0
 

@@ -343,7 +343,7 @@ class Bench:
             "StudyDate": "by StudyDate range (7 days)",
             "StudyInstanceUID": "by StudyInstanceUID",
         }
-        n_inst = a.qido_studies * a.per_study + a.slices
+        n_inst = a.qido_studies * a.per_study + (a.slices if self.ct_stored else 0)
         rows: dict[str, tuple[Metric, Metric]] = {}
         for kind, label in labels.items():
             rows[kind] = (
