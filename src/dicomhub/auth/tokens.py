@@ -96,8 +96,9 @@ class JwtCodec:
     def verify(self, token: str) -> TokenClaims:
         """Verify signature, issuer and expiry; raise :class:`TokenError` otherwise."""
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            # one unverified parse for header and issuer; the signature is checked below
+            complete = jwt.decode_complete(token, options={"verify_signature": False})
+            header, unverified = complete["header"], complete["payload"]
         except jwt.PyJWTError as exc:
             raise TokenError(f"malformed token: {exc}") from None
         issuer = unverified.get("iss")

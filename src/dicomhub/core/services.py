@@ -236,6 +236,10 @@ class QueryService:
     def __init__(self, index: Index) -> None:
         self.index = index
 
+    def ping(self) -> None:
+        """Reach the index (liveness check); raises if the database does not answer."""
+        self.index.default_owner()
+
     def search(self, access: AccessScope, query: Query, scope: dict[str, str]) -> list[Any]:
         """Raw rows for a query (the DIMSE edge formats them as datasets)."""
         return self.index.search(query, scope, access)
@@ -285,6 +289,10 @@ class RetrieveService:
     def local_path(self, item: StoredInstance) -> Path:
         """A local path to the stored object (for decoders)."""
         return self.blobs.local_path(item.storage_key)
+
+    def explicit_le(self, item: StoredInstance) -> bytes:
+        """The instance decompressed to Explicit VR Little Endian, same UIDs (PS3.5 A.2)."""
+        return self.pixels.to_explicit_le(self.local_path(item))
 
     def metadata(
         self,

@@ -54,7 +54,7 @@ def create_app(ctx: Context) -> FastAPI:
         reveals nothing about the archive's content)."""
         from starlette.concurrency import run_in_threadpool
 
-        await run_in_threadpool(ctx.index.default_owner)
+        await run_in_threadpool(ctx.query.ping)
         return JSONResponse({"status": "ok", "version": __version__})
 
     return app

@@ -17,7 +17,6 @@ from starlette.concurrency import run_in_threadpool
 from dicomhub.codecs.render import RenderParams, parse_quality, parse_viewport, parse_window
 from dicomhub.core.access import AccessScope
 from dicomhub.core.errors import InvalidRequest
-from dicomhub.core.model import StoredInstance
 from dicomhub.dicomweb.deps import Access, BaseURL, Ctx, DeleteAccess
 from dicomhub.dicomweb.media import (
     EXPLICIT_VR_LE,
@@ -63,7 +62,7 @@ async def _retrieve(
                 yield part_header(boundary, f"application/dicom; transfer-syntax={ts}")
                 yield from ctx.retrieve.open(item)
             else:
-                data = ctx.retrieve.pixels.to_explicit_le(ctx.retrieve.local_path(item))
+                data = ctx.retrieve.explicit_le(item)
                 yield part_header(boundary, f"application/dicom; transfer-syntax={target}")
                 yield data
             yield b"\r\n"
@@ -366,6 +365,3 @@ async def delete_instance(
 ) -> Response:
     """Delete one instance."""
     return await _delete(ctx, study, series, instance, access=access)
-
-
-__all__ = ["StoredInstance", "router"]

@@ -356,7 +356,7 @@ class DimseHandlers:
                     f"peer accepts none of {item.transfer_syntax_uid} or an uncompressed syntax"
                 )
             if UID(item.transfer_syntax_uid).is_compressed:
-                ds = pydicom.dcmread(io.BytesIO(self.ctx.retrieve.pixels.to_explicit_le(path)))
+                ds = pydicom.dcmread(io.BytesIO(self.ctx.retrieve.explicit_le(item)))
             else:
                 ds = pydicom.dcmread(path)
         syntax = UID(target)

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
 from dicomhub.core.access import SYSTEM, AccessScope
-from dicomhub.core.attributes import ATTRIBUTES, BY_PATH, PATIENT_KEYS, Attribute, Level
+from dicomhub.core.attributes import ATTRIBUTES, BY_PATH, PATIENT_KEYS, Level
 from dicomhub.core.model import ParsedInstance, QueryRow, StagedFile, StoredInstance
 from dicomhub.core.ports import DuplicateInstance
 from dicomhub.core.query import Constraint, Match, Query, like_pattern
@@ -448,16 +448,6 @@ class SqlIndex:
             found = [_stored(r) for r in conn.execute(stmt)]
         return _one_namespace(found, access)
 
-    def pixel_data_offset(self, sop_instance_uid: str) -> int | None:
-        """Offset of the Pixel Data value in the stored file (native frames read from there)."""
-        with self.engine.connect() as conn:
-            value = conn.execute(
-                select(instances.c.pixel_data_offset).where(
-                    instances.c.sop_instance_uid == sop_instance_uid
-                )
-            ).scalar()
-        return int(value) if value is not None else None
-
     def metadata(
         self,
         access: AccessScope,
@@ -818,6 +808,3 @@ def _stored(row: Any) -> StoredInstance:
         pixel_data_offset=row.pixel_data_offset,
         owner_pk=row.owner_pk,
     )
-
-
-__all__ = ["Attribute", "SqlIndex", "compress_json", "or_"]
