@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from dicomhub import __version__
 from dicomhub.context import Context
 from dicomhub.dicomweb import errors, nodes, qido, security, stow, wado
+from dicomhub.dicomweb.encoding import ContentEncodingMiddleware
 
 log = logging.getLogger(__name__)
 PREFIX = "/dicom-web"
@@ -46,6 +47,9 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(wado.router, prefix=PREFIX, tags=["WADO-RS"])
     app.include_router(nodes.router, prefix="/api", tags=["nodes"])
     app.include_router(security.router, tags=["security"])
+    # the last added middleware is the outermost: the audit wraps the encoder and records
+    # the status of the response start as it leaves (the encoder never changes a status)
+    app.add_middleware(ContentEncodingMiddleware, prefix=PREFIX)
     app.add_middleware(security.AuditMiddleware, prefix=PREFIX)
 
     @app.get("/health")
