@@ -12,8 +12,33 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+INGEST_SYNTAX_NAMES = {
+    "htj2k": "1.2.840.10008.1.2.4.201",
+    "jpeg-ls": "1.2.840.10008.1.2.4.80",
+    "jpeg2000": "1.2.840.10008.1.2.4.90",
+    "jpeg-lossless": "1.2.840.10008.1.2.4.70",
+    "rle": "1.2.840.10008.1.2.5",
+    "explicit": "1.2.840.10008.1.2.1",
+    "deflate": "1.2.840.10008.1.2.1.99",
+}
+
+
+def ingest_syntax_uid(value: str) -> str | None:
+    """Resolve an ingest policy ('keep', a name of INGEST_SYNTAX_NAMES or a lossless UID)."""
+    name = value.strip().lower()
+    if name in ("", "keep", "as-received"):
+        return None
+    if name in INGEST_SYNTAX_NAMES:
+        return INGEST_SYNTAX_NAMES[name]
+    if value.strip() in INGEST_SYNTAX_NAMES.values():
+        return value.strip()
+    raise ValueError(
+        f"ingest_transfer_syntax '{value}': use keep, {', '.join(INGEST_SYNTAX_NAMES)} "
+        "or one of their UIDs (lossless syntaxes only)"
+    )
 
 
 class DuplicatePolicy(StrEnum):
@@ -60,6 +85,13 @@ class Settings(BaseSettings):
         1024,
         description="Binary values longer than this (bytes) become BulkDataURIs in metadata.",
     )
+    ingest_transfer_syntax: str = Field(
+        "keep",
+        description="Transfer syntax objects are stored in: 'keep' (as received, default) or "
+        "a lossless syntax (htj2k, jpeg-ls, jpeg2000, jpeg-lossless, rle, explicit, deflate, "
+        "or its UID). Only native and lossless encodings are re-encoded, each verified "
+        "against its pixel digest; the original bytes are not kept (docs/operations.md).",
+    )
     qido_default_limit: int = Field(1000, description="QIDO-RS results when no limit is given.")
     qido_max_limit: int = Field(10000, description="Largest QIDO-RS limit accepted.")
     fsync: bool = Field(True, description="fsync every stored object before indexing it.")
@@ -92,6 +124,17 @@ class Settings(BaseSettings):
     dimse_timeout: float = Field(60, description="DIMSE message timeout (s).")
     network_timeout: float = Field(60, description="Idle association timeout (s).")
     log_level: str = Field("info", description="Log level.")
+
+    @field_validator("ingest_transfer_syntax")
+    @classmethod
+    def _check_ingest_syntax(cls, value: str) -> str:
+        ingest_syntax_uid(value)
+        return value
+
+    @property
+    def ingest_target(self) -> str | None:
+        """The UID of :attr:`ingest_transfer_syntax`, ``None`` for 'keep'."""
+        return ingest_syntax_uid(self.ingest_transfer_syntax)
 
     @property
     def effective_database_url(self) -> str:

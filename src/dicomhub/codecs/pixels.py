@@ -17,8 +17,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomhub.codecs import frames, render
-from dicomhub.core.errors import NotFound, UndecodablePixelData
+from dicomhub.codecs import frames, registry, render, transcode
+from dicomhub.codecs.registry import CodecError
+from dicomhub.core import syntaxes
+from dicomhub.core.errors import CannotTranscode, DicomhubError, NotFound, UndecodablePixelData
 
 PIXEL_TAGS = {"7FE00010", "7FE00008", "7FE00009"}
 
@@ -70,6 +72,55 @@ class PydicomPixelCodec:
         if not isinstance(value, (bytes, bytearray)):
             raise NotFound(f"{'/'.join(tag_path)} is not a binary value")
         return bytes(value)
+
+    def pixel_digest(self, path: Path) -> tuple[str | None, int | None]:
+        """Pixel digest (v1) and stored Planar Configuration (codecs/transcode.py)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # odd VRs are the sender's, not ours to report
+                pixels = transcode.canonical_pixels(path)
+                return transcode.digest_of_frames(pixels.frames), pixels.planar_configuration
+        except (CodecError, DicomhubError):
+            return None, None
+
+    def transcode(
+        self,
+        path: Path,
+        transfer_syntax_uid: str,
+        dst: Path | None = None,
+        *,
+        planar_configuration: int | None = None,
+        verify: bool = False,
+        expected_digest: str | None = None,
+    ) -> bytes:
+        """The object re-encoded in ``transfer_syntax_uid`` (codecs/transcode.py)."""
+        kwargs: dict[str, Any] = {
+            "planar_configuration": planar_configuration,
+            "verify": verify,
+            "expected_digest": expected_digest,
+        }
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if dst is not None:
+                    transcode.transcode(path, transfer_syntax_uid, dst, **kwargs)
+                    return b""
+                return transcode.transcode_bytes(path, transfer_syntax_uid, **kwargs)
+        except (CodecError, DicomhubError):
+            raise
+        except Exception as exc:  # a damaged file: report, never a 500
+            raise CannotTranscode(f"cannot transcode: {type(exc).__name__}: {exc}") from None
+
+    def frames_in(
+        self, path: Path, frame_numbers: Sequence[int], transfer_syntax_uid: str
+    ) -> Iterator[bytes]:
+        """Frames as fragments of ``transfer_syntax_uid`` (passed through if stored so)."""
+        return transcode.encoded_frames(path, frame_numbers, transfer_syntax_uid)
+
+    def can_encode(self, transfer_syntax_uid: str) -> bool:
+        """Whether the registry has a writer for this syntax."""
+        ts = registry.get(transfer_syntax_uid)
+        return ts is not None and ts.can_encode and transfer_syntax_uid != syntaxes.EBE
 
     def to_explicit_le(self, path: Path) -> bytes:
         """The object decompressed to Explicit VR Little Endian (PS3.5 A.2)."""

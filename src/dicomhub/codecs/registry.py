@@ -39,6 +39,26 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from dicomhub.core.errors import CannotTranscode
+from dicomhub.core.syntaxes import (
+    DEFLATED_ELE,
+    EBE,
+    ELE,
+    HTJ2K,
+    HTJ2K_LOSSLESS,
+    HTJ2K_RPCL,
+    ILE,
+    J2K,
+    J2K_LOSSLESS,
+    JPEG_BASELINE,
+    JPEG_EXTENDED,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR,
+    RLE,
+)
+
 __all__ = [
     "LOSSLESS_PREFERENCE",
     "REGISTRY",
@@ -53,30 +73,12 @@ __all__ = [
 
 Array = npt.NDArray[Any]
 
-ILE = "1.2.840.10008.1.2"
-ELE = "1.2.840.10008.1.2.1"
-DEFLATED_ELE = "1.2.840.10008.1.2.1.99"
-EBE = "1.2.840.10008.1.2.2"
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
-JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
-JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
-JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-JPEG_LS_NEAR = "1.2.840.10008.1.2.4.81"
-J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
-J2K = "1.2.840.10008.1.2.4.91"
-HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
-HTJ2K_RPCL = "1.2.840.10008.1.2.4.202"
-HTJ2K = "1.2.840.10008.1.2.4.203"
-RLE = "1.2.840.10008.1.2.5"
-DEFLATED_IMAGE = "1.2.840.10008.1.2.8.1"
-
 #: The lossless encodings a server or client offers first, best ratio × speed first
 #: (DESIGN §6: HTJ2K encodes 2.5 ms, decodes 1.7 ms per CT slice at ratio 2.56).
 LOSSLESS_PREFERENCE = (HTJ2K_LOSSLESS, JPEG_LS_LOSSLESS, J2K_LOSSLESS, JPEG_LOSSLESS_SV1, RLE)
 
 
-class CodecError(Exception):
+class CodecError(CannotTranscode):
     """A frame cannot be encoded or decoded; the message says why."""
 
 
@@ -468,34 +470,6 @@ _REGISTRY_LIST = [
 ]
 
 REGISTRY: dict[str, TransferSyntax] = {ts.uid: ts for ts in _REGISTRY_LIST}
-
-#: Default transfer syntax of each single-frame media type (PS3.18 Table 8.7.3-5).
-MEDIA_TYPE_DEFAULTS = {
-    "image/jpeg": JPEG_BASELINE,
-    "image/jls": JPEG_LS_LOSSLESS,
-    "image/jp2": J2K_LOSSLESS,
-    "image/jpx": J2K,
-    "image/jphc": HTJ2K_LOSSLESS,
-    "image/dicom-rle": RLE,
-}
-
-#: Syntaxes each single-frame media type may carry (PS3.18 Table 8.7.3-5).
-MEDIA_TYPE_SYNTAXES = {
-    "image/jpeg": (JPEG_BASELINE, JPEG_EXTENDED, JPEG_LOSSLESS, JPEG_LOSSLESS_SV1),
-    "image/jls": (JPEG_LS_LOSSLESS, JPEG_LS_NEAR),
-    "image/jp2": (J2K_LOSSLESS, J2K),
-    "image/jpx": (J2K_LOSSLESS, J2K),
-    "image/jphc": (HTJ2K_LOSSLESS, HTJ2K_RPCL, HTJ2K),
-    "image/dicom-rle": (RLE,),
-}
-
-
-def media_type_of(uid: str) -> str:
-    """The media type a frame of syntax ``uid`` is labelled with (PS3.18 Table 8.7.3-5)."""
-    for media, syntaxes in MEDIA_TYPE_SYNTAXES.items():
-        if uid in syntaxes:
-            return media
-    return "application/octet-stream"
 
 
 def get(uid: str) -> TransferSyntax | None:

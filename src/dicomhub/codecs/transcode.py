@@ -43,6 +43,7 @@ from pydicom.uid import UID
 from dicomhub.codecs import frames as frame_io
 from dicomhub.codecs import registry
 from dicomhub.codecs.registry import CodecError, PixelFormat
+from dicomhub.core import syntaxes
 
 __all__ = [
     "DIGEST_ALGORITHM",
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 DIGEST_ALGORITHM = "sha256-canonical-pixels-v1"
-_NATIVE = frozenset({registry.ILE, registry.ELE, registry.DEFLATED_ELE, registry.EBE})
+_NATIVE = frozenset({syntaxes.ILE, syntaxes.ELE, syntaxes.DEFLATED_ELE, syntaxes.EBE})
 _MAX_BOT = 0xFFFFFFFF  # Basic Offset Table offsets are 32-bit (PS3.5 §A.4)
 
 
@@ -270,9 +271,9 @@ def transcode(
     if not source_uid:
         raise CodecError("the file has no Transfer Syntax UID")
     has_pixels = "PixelData" in ds and ds["PixelData"].value is not None
-    if target_uid == registry.EBE:
+    if target_uid == syntaxes.EBE:
         raise CodecError("Explicit VR Big Endian is retired and not written")
-    if source_uid == registry.EBE and _has_other_binary(ds):
+    if source_uid == syntaxes.EBE and _has_other_binary(ds):
         raise CodecError("big endian binary values other than pixel data are not converted")
     if has_pixels and _nested_pixel_data(ds) and (target.encapsulated or source_uid not in _NATIVE):
         raise CodecError("pixel data nested in a sequence (icon image) is not re-encoded")
@@ -352,10 +353,10 @@ def _write_part10(ds: Dataset, target_uid: str) -> bytes:
             setattr(meta, meta_key, ds.get(ds_key))
     body = DicomBytesIO()
     body.is_little_endian = True
-    body.is_implicit_VR = target_uid == registry.ILE
+    body.is_implicit_VR = target_uid == syntaxes.ILE
     write_dataset(body, ds)
     payload = body.getvalue()
-    if target_uid == registry.DEFLATED_ELE:
+    if target_uid == syntaxes.DEFLATED_ELE:
         import zlib
 
         deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)

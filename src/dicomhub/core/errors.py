@@ -58,6 +58,11 @@ class UndecodablePixelData(DicomhubError):
     """
 
 
+class CannotTranscode(DicomhubError):
+    """Pixel data cannot be written in the asked transfer syntax without loss or
+    mislabelling (PS3.5 §8.2, PS3.18 §8.7.3.5); the message says why."""
+
+
 class StoreFailure(DicomhubError):
     """One instance could not be stored.
 

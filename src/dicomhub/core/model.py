@@ -51,6 +51,9 @@ class ParsedInstance:
     metadata: dict[str, Any]
     pixel_data_offset: int | None = None
     warnings: list[str] = field(default_factory=list)
+    pixel_digest: str | None = None
+    original_transfer_syntax_uid: str | None = None
+    original_planar_configuration: int | None = None
 
 
 BULK_BASE = "@@DICOMHUB_BASE@@"
@@ -72,6 +75,9 @@ class StoredInstance:
     number_of_frames: int | None = None
     pixel_data_offset: int | None = None
     owner_pk: int = 0
+    pixel_digest: str | None = None
+    original_transfer_syntax_uid: str | None = None
+    original_planar_configuration: int | None = None
 
     @property
     def has_pixels(self) -> bool:

@@ -193,3 +193,34 @@ class PixelCodec(Protocol):
     def bulk_value(self, path: Path, tag_path: Sequence[str]) -> bytes:
         """A bulk data value by tag path: ``["7FE00010"]``, ``["52009230", "0", …]``."""
         ...
+
+    def pixel_digest(self, path: Path) -> tuple[str | None, int | None]:
+        """(pixel digest, Planar Configuration as stored) of an object; digest ``None``
+        when it has no decodable Pixel Data (codecs/transcode.py defines the digest)."""
+        ...
+
+    def transcode(
+        self,
+        path: Path,
+        transfer_syntax_uid: str,
+        dst: Path | None = None,
+        *,
+        planar_configuration: int | None = None,
+        verify: bool = False,
+        expected_digest: str | None = None,
+    ) -> bytes:
+        """The object in another transfer syntax (PS3.5 §10), losslessly unless the
+        syntax is lossy; written to ``dst`` (returning ``b""``) or returned.  Raises
+        :class:`~dicomhub.core.errors.CannotTranscode` when it cannot be done."""
+        ...
+
+    def frames_in(
+        self, path: Path, frame_numbers: Sequence[int], transfer_syntax_uid: str
+    ) -> Iterator[bytes]:
+        """Frames (1-based) as fragments of ``transfer_syntax_uid`` (PS3.18 §10.4.1.1.4);
+        frames already in that syntax are passed through without re-encoding."""
+        ...
+
+    def can_encode(self, transfer_syntax_uid: str) -> bool:
+        """Whether objects can be written in this transfer syntax at all."""
+        ...

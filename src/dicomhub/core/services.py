@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ from typing import Any
 from dicomhub.core.access import SYSTEM, AccessScope
 from dicomhub.core.attributes import Level
 from dicomhub.core.dicomjson import row_to_json
-from dicomhub.core.errors import InvalidRequest, NotFound, StoreFailure
+from dicomhub.core.errors import CannotTranscode, InvalidRequest, NotFound, StoreFailure
 from dicomhub.core.model import (
     BULK_BASE,
+    ParsedInstance,
     RemoteNode,
     StagedFile,
     Status,
@@ -37,8 +39,12 @@ from dicomhub.core.ports import (
     PixelCodec,
 )
 from dicomhub.core.query import Query
+from dicomhub.core.syntaxes import ELE, LOSSLESS_SOURCES
 
 log = logging.getLogger(__name__)
+
+#: Name of the pixel digest recorded for every instance (codecs/transcode.py).
+PIXEL_DIGEST_ALGORITHM = "sha256-canonical-pixels-v1"
 
 
 def storage_key(owner: int, study: str, series: str, sop: str, sha256: str) -> str:
@@ -61,12 +67,16 @@ class StoreService:
         reader: InstanceReader,
         duplicate_policy: str = "reject",
         fsync: bool = True,
+        pixels: PixelCodec | None = None,
+        ingest_transfer_syntax: str | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.reader = reader
         self.duplicate_policy = duplicate_policy
         self.fsync = fsync
+        self.pixels = pixels
+        self.ingest_transfer_syntax = ingest_transfer_syntax
 
     def staging_dir(self) -> Path:
         """Where edges write incoming bytes before calling :meth:`store`."""
@@ -137,6 +147,67 @@ class StoreService:
                 f"of the request URL {expected_study_uid}"
             )
             return outcome
+        parsed.original_transfer_syntax_uid = parsed.transfer_syntax_uid
+        if self.pixels is not None and parsed.pixel_data_offset is not None:
+            digest, planar = self.pixels.pixel_digest(staged.path)
+            parsed.pixel_digest = digest
+            parsed.original_planar_configuration = planar
+            if digest is not None and self._should_transcode(parsed.transfer_syntax_uid):
+                staged, parsed = self._transcode(staged, parsed)
+        try:
+            return self._index_and_store(parsed, staged, outcome, access)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staged.path.unlink()  # a transcoded copy not moved into storage
+
+    def _should_transcode(self, transfer_syntax_uid: str) -> bool:
+        """Ingest policy: re-encode native and lossless encodings only (never lossy ones)."""
+        target = self.ingest_transfer_syntax
+        return (
+            target is not None
+            and transfer_syntax_uid != target
+            and transfer_syntax_uid in LOSSLESS_SOURCES
+        )
+
+    def _transcode(
+        self, staged: StagedFile, parsed: ParsedInstance
+    ) -> tuple[StagedFile, ParsedInstance]:
+        """Re-encode a received object in the ingest syntax, verified against its pixel
+        digest; on any problem the object is stored as received (nothing is lost)."""
+        assert self.pixels is not None and self.ingest_transfer_syntax is not None
+        out = self.blobs.staging_dir() / f"{uuid.uuid4().hex}.part"
+        try:
+            self.pixels.transcode(
+                staged.path,
+                self.ingest_transfer_syntax,
+                out,
+                verify=True,
+                expected_digest=parsed.pixel_digest,
+            )
+            new_parsed = self.reader.read(out)
+        except (CannotTranscode, StoreFailure) as exc:
+            log.info("kept %s as received: %s", parsed.sop_instance_uid, exc)
+            with contextlib.suppress(FileNotFoundError):
+                out.unlink()
+            return staged, parsed
+        new_parsed.pixel_digest = parsed.pixel_digest
+        new_parsed.original_transfer_syntax_uid = parsed.transfer_syntax_uid
+        new_parsed.original_planar_configuration = parsed.original_planar_configuration
+        new_parsed.warnings = parsed.warnings
+        digest = hashlib.sha256()
+        with out.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        staged.path.unlink()
+        return StagedFile(out, out.stat().st_size, digest.hexdigest()), new_parsed
+
+    def _index_and_store(
+        self,
+        parsed: ParsedInstance,
+        staged: StagedFile,
+        outcome: StoreOutcome,
+        access: AccessScope,
+    ) -> StoreOutcome:
         owner = self.index.store_owner(
             parsed.study_instance_uid, access, self.index.default_owner()
         )
@@ -292,7 +363,53 @@ class RetrieveService:
 
     def explicit_le(self, item: StoredInstance) -> bytes:
         """The instance decompressed to Explicit VR Little Endian, same UIDs (PS3.5 A.2)."""
-        return self.pixels.to_explicit_le(self.local_path(item))
+        return self.transcoded(item, ELE)
+
+    def can_encode(self, transfer_syntax_uid: str) -> bool:
+        """Whether instances can be re-encoded in this syntax (codec availability)."""
+        return self.pixels.can_encode(transfer_syntax_uid)
+
+    def transcoded(self, item: StoredInstance, transfer_syntax_uid: str) -> bytes:
+        """The instance in another transfer syntax, same UIDs (PS3.5 §10); lossless unless
+        the syntax is lossy, which callers only use when asked for it explicitly.
+        Raises :class:`CannotTranscode` when that cannot be done faithfully."""
+        return self.pixels.transcode(self.local_path(item), transfer_syntax_uid)
+
+    def frames_in(
+        self,
+        access: AccessScope,
+        study: str,
+        series: str,
+        instance: str,
+        numbers: Sequence[int],
+        transfer_syntax_uid: str,
+    ) -> tuple[StoredInstance, Iterator[bytes]]:
+        """Frames of one instance as fragments of a (compressed) syntax (PS3.18 §8.7.3.3.2)."""
+        item = self.instances(access, study, series, instance)[0]
+        path = self.local_path(item)
+        return item, self.pixels.frames_in(path, numbers, transfer_syntax_uid)
+
+    def pixel_records(
+        self, access: AccessScope, study: str, series: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per instance: stored and original syntax and the pixel digest (dicomhub extension,
+        docs/conformance.md "Pixel digests"), so a client can prove a transfer lossless."""
+        return [
+            {
+                "StudyInstanceUID": i.study_instance_uid,
+                "SeriesInstanceUID": i.series_instance_uid,
+                "SOPInstanceUID": i.sop_instance_uid,
+                "SOPClassUID": i.sop_class_uid,
+                "TransferSyntaxUID": i.transfer_syntax_uid,
+                "OriginalTransferSyntaxUID": i.original_transfer_syntax_uid
+                or i.transfer_syntax_uid,
+                "OriginalPlanarConfiguration": i.original_planar_configuration,
+                "NumberOfFrames": i.number_of_frames,
+                "PixelDigest": i.pixel_digest,
+                "PixelDigestAlgorithm": PIXEL_DIGEST_ALGORITHM if i.pixel_digest else None,
+            }
+            for i in self.instances(access, study, series)
+        ]
 
     def metadata(
         self,

@@ -20,6 +20,7 @@ STATUS: list[tuple[type[errors.DicomhubError], int]] = [
     (errors.InvalidRequest, 400),
     (errors.NotAcceptable, 406),
     (errors.UndecodablePixelData, 406),
+    (errors.CannotTranscode, 406),
     (errors.UnsupportedMediaType, 415),
     (errors.PayloadTooLarge, 413),
     (errors.Conflict, 409),

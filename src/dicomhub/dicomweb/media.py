@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dicomhub.core.errors import NotAcceptable
+from dicomhub.core.syntaxes import MEDIA_TYPE_DEFAULTS, MEDIA_TYPE_SYNTAXES
 from dicomhub.dicomweb.multipart import parse_content_type
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -67,56 +68,103 @@ def _matches(media: str, wanted: str) -> bool:
     return media == f"{major}/*"
 
 
-def negotiate_instances(header: str | None, stored_ts: set[str]) -> str | None:
-    """Choose the transfer syntax for ``multipart/related; type="application/dicom"``.
+AS_STORED = "*"
 
-    Returns ``None`` for "as stored" (no transfer-syntax asked, or ``*``) or the UID the
-    client asked for.  Transcoding other than decompression to Explicit VR Little Endian
-    is not offered yet, so anything else is 406.
+#: Syntaxes an instance can be re-encoded to on request (codecs/registry.py).
+_INSTANCE_TYPES = ("multipart/related", "application/dicom")
+
+
+def instance_choices(header: str | None) -> list[str]:
+    """Transfer syntaxes acceptable for ``application/dicom`` parts, best first.
+
+    ``*`` stands for "as stored".  No Accept, or a range without ``transfer-syntax``, means
+    as stored (docs/conformance.md: dicomhub does not decompress unless asked; PS3.18
+    §8.7.3.5.2 lets the origin server choose when the client leaves it open).  Raises
+    :class:`NotAcceptable` when no range asks for DICOM instances at all.
     """
     ranges = parse_accept(header)
     if not ranges:
-        return None
+        return [AS_STORED]
+    out: list[str] = []
     for a in ranges:
-        if a.media_type in ("*/*", "multipart/*") or (
-            a.media_type == "multipart/related" and a.type in (None, "application/dicom")
-        ):
-            ts = a.transfer_syntax
-            if ts in (None, "*") or (len(stored_ts) == 1 and ts in stored_ts):
-                return None
-            if ts == EXPLICIT_VR_LE:
-                return EXPLICIT_VR_LE
-        if a.media_type == "application/dicom":
-            ts = a.transfer_syntax
-            if ts in (None, "*") or (len(stored_ts) == 1 and ts in stored_ts):
-                return None
-            if ts == EXPLICIT_VR_LE:
-                return EXPLICIT_VR_LE
-    raise NotAcceptable(
-        'can deliver instances as multipart/related; type="application/dicom" in their '
-        f"stored transfer syntax or {EXPLICIT_VR_LE}"
-    )
+        dicom = (
+            a.media_type in ("*/*", "multipart/*", "application/*")
+            or (a.media_type == "multipart/related" and a.type in (None, "application/dicom"))
+            or a.media_type == "application/dicom"
+        )
+        if not dicom:
+            continue
+        ts = (a.transfer_syntax or AS_STORED).strip()
+        if ts not in out:
+            out.append(ts)
+    if not out:
+        raise NotAcceptable(
+            'instances are available as multipart/related; type="application/dicom" '
+            "(transfer-syntax=* for as stored, or a UID of docs/conformance.md)"
+        )
+    return out
 
 
-def negotiate_frames(header: str | None) -> None:
-    """Accept check for frames: native ``application/octet-stream`` only (for now)."""
+@dataclass(frozen=True)
+class FrameChoice:
+    """How to answer a frames request: the part media type and the syntax of the frames.
+
+    ``transfer_syntax`` ``None`` means native little endian (Explicit VR Little Endian
+    form); ``AS_STORED`` means each frame as stored.  ``single_part`` when the client asked
+    for a bare single-frame media type (PS3.18 §8.7.3.3.2).
+    """
+
+    media_type: str
+    transfer_syntax: str | None
+    single_part: bool = False
+
+
+def frame_choices(header: str | None) -> list[FrameChoice]:
+    """Acceptable encodings of frames (PS3.18 §8.7.3.3.2, Table 8.7.3-5), best first."""
     ranges = parse_accept(header)
+    native = FrameChoice("application/octet-stream", None)
     if not ranges:
-        return
+        return [native]
+    out: list[FrameChoice] = []
     for a in ranges:
-        if (
-            a.media_type in ("*/*", "multipart/*")
-            or (
-                a.media_type == "multipart/related"
-                and a.type in (None, "application/octet-stream", "*/*")
+        ts = a.transfer_syntax.strip() if a.transfer_syntax else None
+        if a.media_type in ("*/*", "multipart/*") or (
+            a.media_type == "multipart/related" and a.type in (None, "*/*")
+        ):
+            out.append(FrameChoice("application/octet-stream", _octet_ts(ts)))
+            continue
+        inner, single = (
+            (a.type, False)
+            if a.media_type == "multipart/related"
+            else (
+                a.media_type,
+                True,
             )
-            or a.media_type == "application/octet-stream"
-        ) and a.transfer_syntax in (None, "*", EXPLICIT_VR_LE):
-            return
-    raise NotAcceptable(
-        'frames are available as multipart/related; type="application/octet-stream"; '
-        f"transfer-syntax={EXPLICIT_VR_LE} (uncompressed)"
-    )
+        )
+        if inner == "application/octet-stream":
+            out.append(FrameChoice(inner, _octet_ts(ts), single))
+        elif inner in MEDIA_TYPE_SYNTAXES:
+            if ts in (None,):
+                out.append(FrameChoice(inner, MEDIA_TYPE_DEFAULTS[inner], single))
+            elif ts == AS_STORED or ts in MEDIA_TYPE_SYNTAXES[inner]:
+                out.append(FrameChoice(inner, ts, single))
+        elif inner in ("image/*",):
+            out.append(FrameChoice(inner, AS_STORED, single))
+    if not out:
+        raise NotAcceptable(
+            'frames are available as multipart/related; type="application/octet-stream" '
+            "(native), or image/jls, image/jp2, image/jphc, image/jpeg, image/dicom-rle "
+            "(compressed); see docs/conformance.md"
+        )
+    return out
+
+
+def _octet_ts(ts: str | None) -> str | None:
+    if ts in (None, EXPLICIT_VR_LE):
+        return None
+    if ts == AS_STORED:
+        return AS_STORED
+    return ts  # a compressed syntax asked as octet-stream: the part says which
 
 
 def negotiate_json(header: str | None) -> None:

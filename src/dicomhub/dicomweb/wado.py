@@ -1,12 +1,16 @@
 """WADO-RS: Retrieve transactions (PS3.18 §10.4) and DELETE of resources.
 
-Instances stream from storage in 1 MiB chunks; metadata is served from the index
-without reading files; frames are native (uncompressed) little endian, labelled as
-Explicit VR Little Endian; rendered and thumbnail resources are JPEG or PNG.
+Instances stream from storage in 1 MiB chunks, as stored or re-encoded in the transfer
+syntax the Accept header asks for (PS3.18 §8.7.3); metadata is served from the index
+without reading files; frames are native (Explicit VR Little Endian form) or compressed
+(image/jls, image/jp2, image/jphc, image/jpeg, image/dicom-rle), passed through when
+already stored so; rendered and thumbnail resources are JPEG or PNG.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from collections.abc import Iterator
 
@@ -15,19 +19,26 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from dicomhub.codecs.render import RenderParams, parse_quality, parse_viewport, parse_window
+from dicomhub.context import Context
 from dicomhub.core.access import AccessScope
-from dicomhub.core.errors import InvalidRequest
+from dicomhub.core.errors import CannotTranscode, InvalidRequest, NotAcceptable
+from dicomhub.core.model import StoredInstance
+from dicomhub.core.syntaxes import NATIVE as NATIVE_SYNTAXES
+from dicomhub.core.syntaxes import media_type_of
 from dicomhub.dicomweb.deps import Access, BaseURL, Ctx, DeleteAccess
 from dicomhub.dicomweb.media import (
+    AS_STORED,
     EXPLICIT_VR_LE,
+    FrameChoice,
+    frame_choices,
+    instance_choices,
     negotiate_bulk,
-    negotiate_frames,
-    negotiate_instances,
     negotiate_json,
     negotiate_rendered,
 )
 from dicomhub.dicomweb.multipart import closing, new_boundary, part_header
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -39,6 +50,25 @@ def _check_uids(*uids: str | None) -> None:
 
 
 # -- instances ---------------------------------------------------------------------------
+def _render_instance(
+    ctx: Context, item: StoredInstance, candidates: list[str]
+) -> tuple[str, Iterator[bytes]]:
+    """The first of ``candidates`` this instance can be sent in, with its bytes.
+
+    As stored streams from storage; any other syntax is transcoded in memory (one instance
+    at a time).  Raises the last :class:`CannotTranscode` if none works.
+    """
+    failure: CannotTranscode | None = None
+    for ts in candidates:
+        if ts in (AS_STORED, item.transfer_syntax_uid):
+            return item.transfer_syntax_uid, ctx.retrieve.open(item)
+        try:
+            return ts, iter([ctx.retrieve.transcoded(item, ts)])
+        except CannotTranscode as exc:
+            failure = exc
+    raise failure or CannotTranscode("no acceptable transfer syntax")
+
+
 async def _retrieve(
     request: Request,
     ctx: Ctx,
@@ -48,29 +78,55 @@ async def _retrieve(
     *,
     access: AccessScope,
 ) -> StreamingResponse:
+    """Instances as multipart/related; type="application/dicom" (PS3.18 §10.4.1.1.1).
+
+    Each part is labelled with the transfer syntax its bytes are really in.  The first
+    instance is prepared before the response starts, so an Accept that cannot be met is a
+    clean 406; a later instance that cannot be re-encoded in any acceptable syntax is
+    left out (logged) rather than sent mislabelled.
+    """
     _check_uids(study, series, instance)
+    choices = instance_choices(request.headers.get("accept"))
     items = await run_in_threadpool(ctx.retrieve.instances, access, study, series, instance)
-    target = negotiate_instances(
-        request.headers.get("accept"), {i.transfer_syntax_uid for i in items}
-    )
+
+    def candidates(item: StoredInstance) -> list[str]:
+        return [
+            ts
+            for ts in choices
+            if ts in (AS_STORED, item.transfer_syntax_uid) or ctx.retrieve.can_encode(ts)
+        ]
+
+    plans = [(item, candidates(item)) for item in items]
+    for item, cands in plans:
+        if not cands:
+            raise NotAcceptable(
+                f"instance {item.sop_instance_uid} is stored as {item.transfer_syntax_uid} "
+                f"and cannot be sent in {', '.join(choices)}"
+            )
+    first = await run_in_threadpool(_render_instance, ctx, plans[0][0], plans[0][1])
     boundary = new_boundary()
+    syntaxes = {first[0]}
 
     def _body() -> Iterator[bytes]:
-        for item in items:
-            if target is None or item.transfer_syntax_uid == target:
-                ts = item.transfer_syntax_uid
-                yield part_header(boundary, f"application/dicom; transfer-syntax={ts}")
-                yield from ctx.retrieve.open(item)
+        for index, (item, cands) in enumerate(plans):
+            if index == 0:
+                ts, data = first
             else:
-                data = ctx.retrieve.explicit_le(item)
-                yield part_header(boundary, f"application/dicom; transfer-syntax={target}")
-                yield data
+                try:
+                    ts, data = _render_instance(ctx, item, cands)
+                except CannotTranscode as exc:
+                    log.warning("left %s out of a WADO-RS response: %s", item.sop_instance_uid, exc)
+                    continue
+            yield part_header(boundary, f"application/dicom; transfer-syntax={ts}")
+            yield from data
             yield b"\r\n"
         yield closing(boundary)
 
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    if target:
-        media += f"; transfer-syntax={target}"
+    if len(plans) == 1 or all(
+        c[0] not in (AS_STORED,) and c[0] == plans[0][1][0] for _, c in plans
+    ):
+        media += f"; transfer-syntax={next(iter(syntaxes))}"
     return StreamingResponse(_body(), media_type=media)
 
 
@@ -165,34 +221,72 @@ def parse_frame_list(value: str) -> list[int]:
     return numbers
 
 
+def _produce_frames(
+    ctx: Context,
+    access: AccessScope,
+    uids: tuple[str, str, str],
+    numbers: list[int],
+    choices: list[FrameChoice],
+) -> tuple[str, list[bytes]]:
+    """Pick the first acceptable encoding that works and produce every frame in it.
+
+    Returns the part Content-Type and the frames.  Frames stored in the asked syntax are
+    passed through; others are decoded and re-encoded (codecs/registry.py).
+    """
+    study, series, instance = uids
+    item = ctx.retrieve.instances(access, study, series, instance)[0]
+    stored = item.transfer_syntax_uid
+    failure: Exception | None = None
+    for choice in choices:
+        target = stored if choice.transfer_syntax == AS_STORED else choice.transfer_syntax
+        if target is None or (target in NATIVE_SYNTAXES and choice.transfer_syntax == AS_STORED):
+            _item, it = ctx.retrieve.frames(access, study, series, instance, numbers)
+            return f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}", list(it)
+        if target in NATIVE_SYNTAXES:
+            continue  # native frames are only offered in Explicit VR Little Endian form
+        if target != stored and not ctx.retrieve.can_encode(target):
+            continue
+        try:
+            _item, it = ctx.retrieve.frames_in(access, study, series, instance, numbers, target)
+            data = list(it)
+        except CannotTranscode as exc:
+            failure = exc
+            continue
+        media = choice.media_type
+        if media in ("application/octet-stream", "image/*") and choice.transfer_syntax == AS_STORED:
+            media = media_type_of(target)
+        return f"{media}; transfer-syntax={target}", data
+    reason = f": {failure}" if failure else ""
+    raise NotAcceptable(
+        f"the frames (stored as {stored}) cannot be sent in any accepted encoding{reason}"
+    )
+
+
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
 async def retrieve_frames(
     study: str, series: str, instance: str, frames: str, request: Request, ctx: Ctx, access: Access
 ) -> Response:
-    """Native frames as multipart/related; type="application/octet-stream" (§10.4.1.1.4).
+    """Frames as multipart/related (PS3.18 §10.4.1.1.4), native or compressed (§8.7.3.3.2).
 
-    All frames are decoded before the response starts, so a bad frame number or an
-    undecodable frame is a clean 404/406 rather than a broken stream.
+    All frames are produced before the response starts, so a bad frame number or an
+    undecodable frame is a clean 404/406 rather than a broken stream.  A bare single-frame
+    media type (``Accept: image/jls``) asking for one frame gets a single-part response.
     """
     _check_uids(study, series, instance)
     numbers = parse_frame_list(frames)
-    negotiate_frames(request.headers.get("accept"))
-
-    def _decode() -> list[bytes]:
-        _item, it = ctx.retrieve.frames(access, study, series, instance, numbers)
-        return list(it)
-
-    data = await run_in_threadpool(_decode)
+    choices = frame_choices(request.headers.get("accept"))
+    ctype, data = await run_in_threadpool(
+        _produce_frames, ctx, access, (study, series, instance), numbers, choices
+    )
+    if len(data) == 1 and all(c.single_part for c in choices):
+        return Response(data[0], media_type=ctype)
     boundary = new_boundary()
-    ctype = f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}"
     chunks: list[bytes] = []
     for frame in data:
         chunks += [part_header(boundary, ctype), frame, b"\r\n"]
     chunks.append(closing(boundary))
-    media = (
-        f'multipart/related; type="application/octet-stream"; '
-        f"transfer-syntax={EXPLICIT_VR_LE}; boundary={boundary}"
-    )
+    part_type, _, params = ctype.partition("; ")
+    media = f'multipart/related; type="{part_type}"; {params}; boundary={boundary}'
     return Response(b"".join(chunks), media_type=media)
 
 
@@ -365,3 +459,22 @@ async def delete_instance(
 ) -> Response:
     """Delete one instance."""
     return await _delete(ctx, study, series, instance, access=access)
+
+
+# -- pixel digests (dicomhub extension) --------------------------------------------------
+@router.get("/studies/{study}/pixel-digests")
+async def study_pixel_digests(study: str, ctx: Ctx, access: Access) -> Response:
+    """Per instance of a study: stored and original transfer syntax and the pixel digest
+    recorded at ingest (docs/conformance.md "Pixel digests"); lets a client prove that
+    what it decoded is bit-exact.  Not part of PS3.18: other servers answer 404."""
+    _check_uids(study)
+    records = await run_in_threadpool(ctx.retrieve.pixel_records, access, study, None)
+    return Response(json.dumps(records).encode(), media_type="application/json")
+
+
+@router.get("/studies/{study}/series/{series}/pixel-digests")
+async def series_pixel_digests(study: str, series: str, ctx: Ctx, access: Access) -> Response:
+    """Pixel digests of one series (see :func:`study_pixel_digests`)."""
+    _check_uids(study, series)
+    records = await run_in_threadpool(ctx.retrieve.pixel_records, access, study, series)
+    return Response(json.dumps(records).encode(), media_type="application/json")

@@ -337,6 +337,10 @@ class SqlIndex:
             size_bytes=staged.size,
             sha256=staged.sha256,
             pixel_data_offset=parsed.pixel_data_offset,
+            pixel_digest=parsed.pixel_digest,
+            original_transfer_syntax_uid=parsed.original_transfer_syntax_uid
+            or parsed.transfer_syntax_uid,
+            original_planar_configuration=parsed.original_planar_configuration,
             metadata_json=compress_json(parsed.metadata),
         )
         conn.execute(instances.insert().values(**_clip(instances, instance_values)))
@@ -407,6 +411,9 @@ class SqlIndex:
                 instances.c.number_of_frames,
                 instances.c.pixel_data_offset,
                 instances.c.owner_pk,
+                instances.c.pixel_digest,
+                instances.c.original_transfer_syntax_uid,
+                instances.c.original_planar_configuration,
             )
             .select_from(instances)
             .join(series, series.c.pk == instances.c.series_pk)
@@ -807,4 +814,7 @@ def _stored(row: Any) -> StoredInstance:
         number_of_frames=row.number_of_frames,
         pixel_data_offset=row.pixel_data_offset,
         owner_pk=row.owner_pk,
+        pixel_digest=row.pixel_digest,
+        original_transfer_syntax_uid=row.original_transfer_syntax_uid,
+        original_planar_configuration=row.original_planar_configuration,
     )

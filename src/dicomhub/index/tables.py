@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -205,6 +206,11 @@ instances = Table(
     Column("size_bytes", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("pixel_data_offset", BigInteger),
+    # SHA-256 of the decoded pixels in canonical form (codecs/transcode.py), and how the
+    # object was encoded when received (it may be stored transcoded, docs/operations.md)
+    Column("pixel_digest", String(64)),
+    Column("original_transfer_syntax_uid", UID),
+    Column("original_planar_configuration", SmallInteger),
     Column("metadata_json", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), server_default=func.now()),
     UniqueConstraint("owner_pk", "sop_instance_uid", name="uq_instances_owner_uid"),
