@@ -32,10 +32,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.events import Event
 
+from dicomhub.core import syntaxes
 from dicomhub.core.access import AccessScope, AuditRecord, Principal
 from dicomhub.core.attributes import Level
 from dicomhub.core.dicomjson import row_to_json
-from dicomhub.core.errors import DicomhubError, InvalidRequest, Unauthorized
+from dicomhub.core.errors import CannotTranscode, DicomhubError, InvalidRequest, Unauthorized
 from dicomhub.core.model import StagedFile, StoredInstance
 from dicomhub.core.query import parse_find
 from dicomhub.dimse import status as st
@@ -52,7 +53,24 @@ PATIENT_ROOT = {
 }
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
-UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.2")
+#: Syntaxes a C-GET/C-MOVE sub-operation may be re-encoded in when the peer does not
+#: accept the stored one, in order of preference: native first (cheapest, universally
+#: decodable), then the lossless compressed ones.  Lossy syntaxes are never produced for
+#: a peer that did not store them (PS3.5 §8.2: a lossy re-encoding is a new image).
+SUB_OPERATION_TARGETS = (
+    syntaxes.ELE,
+    syntaxes.ILE,
+    syntaxes.DEFLATED_ELE,
+    syntaxes.HTJ2K_LOSSLESS,
+    syntaxes.JPEG_LS_LOSSLESS,
+    syntaxes.J2K_LOSSLESS,
+    syntaxes.HTJ2K_RPCL,
+    syntaxes.HTJ2K,
+    syntaxes.J2K,
+    syntaxes.JPEG_LOSSLESS_SV1,
+    syntaxes.JPEG_LOSSLESS,
+    syntaxes.RLE,
+)
 _LEVELS = {
     "PATIENT": Level.PATIENT,
     "STUDY": Level.STUDY,
@@ -65,6 +83,36 @@ _UNIQUE = {
     Level.SERIES: "SeriesInstanceUID",
     Level.IMAGE: "SOPInstanceUID",
 }
+
+
+def _prefer_requestor_order_for_get(assoc: Any, primitive: Any) -> None:
+    """For storage SOP classes the requestor wants us to send on (SCP role selection,
+    PS3.7 D.3.3.4, i.e. C-GET), accept the transfer syntax the requestor proposed first
+    rather than our own first choice, so it receives instances as stored when it offered
+    that syntax (and otherwise the syntax it prefers, into which we re-encode)."""
+    from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
+
+    scp_classes = {
+        str(item.sop_class_uid)
+        for item in (primitive.user_information or [])
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.scp_role
+    }
+    if not scp_classes:
+        return
+    wanted: dict[str, list[str]] = {}
+    for cx in primitive.presentation_context_definition_list or []:
+        if str(cx.abstract_syntax) in scp_classes:
+            order = wanted.setdefault(str(cx.abstract_syntax), [])
+            order += [str(ts) for ts in cx.transfer_syntax if str(ts) not in order]
+    contexts = assoc.acceptor.supported_contexts
+    for cx in contexts:
+        preferred = wanted.get(str(cx.abstract_syntax))
+        if preferred:
+            ours = [str(ts) for ts in cx.transfer_syntax]
+            cx.transfer_syntax = [ts for ts in preferred if ts in ours] + [
+                ts for ts in ours if ts not in preferred
+            ]
+    assoc.acceptor.supported_contexts = contexts
 
 
 def _request(event: Event) -> Any:
@@ -164,6 +212,7 @@ class DimseHandlers:
             assoc.kill()  # as pynetdicom's own rejections: wait until the A-ASSOCIATE-RJ is out
             return
         self._principals[assoc] = principal
+        _prefer_requestor_order_for_get(assoc, primitive)
 
     def principal(self, event: Event) -> Principal:
         """The device authenticated for the event's association."""
@@ -344,26 +393,32 @@ class DimseHandlers:
         return self.ctx.retrieve.select(self.access(event), level, keys)
 
     def _dataset(self, item: StoredInstance, accepted: set[str]) -> Dataset:
-        """The stored instance as a data set the peer accepted (decompressed if needed)."""
+        """The stored instance as a data set in a syntax the peer accepted (PS3.4 C.4.2.3,
+        C.4.3.3): as stored when accepted, else transcoded losslessly to the first accepted
+        syntax that can carry it (:data:`SUB_OPERATION_TARGETS`)."""
         path = self.ctx.retrieve.local_path(item)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if item.transfer_syntax_uid in accepted or not accepted:
                 return pydicom.dcmread(path)
-            target = next((ts for ts in UNCOMPRESSED if ts in accepted), None)
-            if target is None:
-                raise InvalidRequest(
-                    f"peer accepts none of {item.transfer_syntax_uid} or an uncompressed syntax"
-                )
-            if UID(item.transfer_syntax_uid).is_compressed:
-                ds = pydicom.dcmread(io.BytesIO(self.ctx.retrieve.explicit_le(item)))
-            else:
-                ds = pydicom.dcmread(path)
-        syntax = UID(target)
-        ds.file_meta.TransferSyntaxUID = syntax
-        # pynetdicom encodes for the context; the data set must say it is in that syntax
-        ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian)
-        return ds
+            failures: list[str] = []
+            for target in SUB_OPERATION_TARGETS:
+                if target not in accepted:
+                    continue
+                try:
+                    data = self.ctx.retrieve.transcoded(item, target)
+                except CannotTranscode as exc:
+                    failures.append(f"{target}: {exc}")
+                    continue
+                ds = pydicom.dcmread(io.BytesIO(data))
+                syntax = UID(target)
+                # pynetdicom encodes for the context; the data set must say it is in it
+                ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian)
+                return ds
+        raise InvalidRequest(
+            f"peer accepts none of {item.transfer_syntax_uid} or a syntax it can be "
+            f"re-encoded in losslessly ({'; '.join(failures) or ', '.join(sorted(accepted))})"
+        )
 
     def _dataset_or_stored(
         self, item: StoredInstance, accepted: dict[str, set[str]], service: str
