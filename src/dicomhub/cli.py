@@ -1,6 +1,7 @@
 """The ``dicomhub`` command.
 
-``dicomhub serve`` runs the archive; ``dicomhub db upgrade`` migrates the index.
+``dicomhub serve`` runs the archive; ``dicomhub db upgrade`` migrates the index;
+``dicomhub push`` / ``dicomhub pull`` are the subscriber client (dicomhub.client).
 """
 
 from __future__ import annotations
@@ -400,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_node)
 
     _access_parsers(sub, common)
+
+    from dicomhub.client.cli import add_parsers
+
+    add_parsers(sub)
 
     db = sub.add_parser("db", help="index database maintenance")
     dbsub = db.add_subparsers(dest="db_command", required=True)

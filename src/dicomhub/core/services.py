@@ -90,12 +90,15 @@ class StoreService:
         access: AccessScope = SYSTEM,
         expected_sop_class_uid: str | None = None,
         expected_sop_instance_uid: str | None = None,
+        original_transfer_syntax_uid: str | None = None,
+        original_planar_configuration: int | None = None,
     ) -> StoreOutcome:
         """Validate, store and index one staged file; the staged file is always consumed.
 
         The ``expected_*`` UIDs come from the request (the STOW-RS URL, the C-STORE
         command's Affected SOP Class/Instance UID); a data set that contradicts them fails
-        with 0xA900 (PS3.4 B.2.3) and is not stored.
+        with 0xA900 (PS3.4 B.2.3) and is not stored.  ``original_*`` is what a client
+        that re-encoded the object losslessly before sending says it was (recorded only).
         """
         try:
             return self._store(
@@ -103,6 +106,7 @@ class StoreService:
                 expected_study_uid,
                 (expected_sop_class_uid, expected_sop_instance_uid),
                 access,
+                (original_transfer_syntax_uid, original_planar_configuration),
             )
         except StoreFailure as exc:
             return StoreOutcome(status=exc.status, message=str(exc))
@@ -121,6 +125,7 @@ class StoreService:
         expected_study_uid: str | None,
         expected: tuple[str | None, str | None],
         access: AccessScope,
+        original: tuple[str | None, int | None] = (None, None),
     ) -> StoreOutcome:
         parsed = self.reader.read(staged.path)
         outcome = StoreOutcome(
@@ -147,11 +152,13 @@ class StoreService:
                 f"of the request URL {expected_study_uid}"
             )
             return outcome
-        parsed.original_transfer_syntax_uid = parsed.transfer_syntax_uid
+        parsed.original_transfer_syntax_uid = original[0] or parsed.transfer_syntax_uid
         if self.pixels is not None and parsed.pixel_data_offset is not None:
             digest, planar = self.pixels.pixel_digest(staged.path)
             parsed.pixel_digest = digest
-            parsed.original_planar_configuration = planar
+            parsed.original_planar_configuration = (
+                original[1] if original[0] and original[1] is not None else planar
+            )
             if digest is not None and self._should_transcode(parsed.transfer_syntax_uid):
                 staged, parsed = self._transcode(staged, parsed)
         try:
@@ -191,7 +198,7 @@ class StoreService:
                 out.unlink()
             return staged, parsed
         new_parsed.pixel_digest = parsed.pixel_digest
-        new_parsed.original_transfer_syntax_uid = parsed.transfer_syntax_uid
+        new_parsed.original_transfer_syntax_uid = parsed.original_transfer_syntax_uid
         new_parsed.original_planar_configuration = parsed.original_planar_configuration
         new_parsed.warnings = parsed.warnings
         digest = hashlib.sha256()

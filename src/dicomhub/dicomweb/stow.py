@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from dicomhub.core.access import AccessScope
 from dicomhub.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dicomhub.core.model import StagedFile, Status, StoreOutcome
+from dicomhub.core.syntaxes import LOSSLESS_SOURCES
 from dicomhub.dicomweb.deps import BaseURL, Ctx, WriteAccess
 from dicomhub.dicomweb.multipart import (
     DATA,
@@ -40,9 +41,20 @@ router = APIRouter()
 DICOM_TYPES = ("application/dicom", "")
 
 
+#: dicomhub extension part headers: a client that re-encoded an object losslessly before
+#: sending it says how it was encoded originally, so a later pull can restore it
+#: (docs/conformance.md "Pixel digests"); ignored unless well-formed.
+ORIGINAL_TS_HEADER = "dicomhub-original-transfer-syntax"
+ORIGINAL_PC_HEADER = "dicomhub-original-planar-configuration"
+
+
 class _Part:
-    def __init__(self, staging: Path, content_type: str) -> None:
+    def __init__(self, staging: Path, content_type: str, headers: dict[str, str]) -> None:
         self.content_type = content_type
+        original = headers.get(ORIGINAL_TS_HEADER, "").strip()
+        self.original_ts = original if original in LOSSLESS_SOURCES else None
+        planar = headers.get(ORIGINAL_PC_HEADER, "").strip()
+        self.original_pc = int(planar) if planar in ("0", "1") else None
         self.accepted = content_type.split(";")[0].strip().lower() in DICOM_TYPES
         self.size = 0
         self.hasher = hashlib.sha256()
@@ -157,7 +169,7 @@ async def _receive(request: Request, staging: Path, max_bytes: int) -> list[_Par
             for event, payload in parser.feed(chunk):
                 if event == START:
                     assert isinstance(payload, PartHeaders)
-                    current = _Part(staging, payload.content_type)
+                    current = _Part(staging, payload.content_type, payload.headers)
                     parts.append(current)
                 elif event == DATA:
                     assert current is not None and isinstance(payload, bytes)
@@ -187,7 +199,15 @@ def _store_all(
             )
             continue
         staged = StagedFile(part.path, part.size, part.hasher.hexdigest())
-        outcomes.append(ctx.store.store(staged, study, access=access))
+        outcomes.append(
+            ctx.store.store(
+                staged,
+                study,
+                access=access,
+                original_transfer_syntax_uid=part.original_ts,
+                original_planar_configuration=part.original_pc,
+            )
+        )
     return outcomes
 
 

@@ -23,8 +23,8 @@ from dicomhub.context import Context
 from dicomhub.core.access import AccessScope
 from dicomhub.core.errors import CannotTranscode, InvalidRequest, NotAcceptable
 from dicomhub.core.model import StoredInstance
+from dicomhub.core.syntaxes import LOSSLESS_SOURCES, media_type_of
 from dicomhub.core.syntaxes import NATIVE as NATIVE_SYNTAXES
-from dicomhub.core.syntaxes import media_type_of
 from dicomhub.dicomweb.deps import Access, BaseURL, Ctx, DeleteAccess
 from dicomhub.dicomweb.media import (
     AS_STORED,
@@ -90,11 +90,16 @@ async def _retrieve(
     items = await run_in_threadpool(ctx.retrieve.instances, access, study, series, instance)
 
     def candidates(item: StoredInstance) -> list[str]:
-        return [
+        usable = [
             ts
             for ts in choices
             if ts in (AS_STORED, item.transfer_syntax_uid) or ctx.retrieve.can_encode(ts)
         ]
+        if item.transfer_syntax_uid not in LOSSLESS_SOURCES and AS_STORED in usable:
+            # lossy data re-encoded losslessly only grows: as stored, when that is acceptable
+            usable.remove(AS_STORED)
+            usable.insert(0, AS_STORED)
+        return usable
 
     plans = [(item, candidates(item)) for item in items]
     for item, cands in plans:

@@ -88,8 +88,9 @@ _UNIQUE = {
 def _prefer_requestor_order_for_get(assoc: Any, primitive: Any) -> None:
     """For storage SOP classes the requestor wants us to send on (SCP role selection,
     PS3.7 D.3.3.4, i.e. C-GET), accept the transfer syntax the requestor proposed first
-    rather than our own first choice, so it receives instances as stored when it offered
-    that syntax (and otherwise the syntax it prefers, into which we re-encode)."""
+    among those we can always produce, rather than our own first choice: it receives
+    instances as stored when it offered that syntax, otherwise re-encoded losslessly into
+    the syntax it prefers.  Lossy or retired syntaxes it prefers are not chosen."""
     from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 
     scp_classes = {
@@ -109,9 +110,10 @@ def _prefer_requestor_order_for_get(assoc: Any, primitive: Any) -> None:
         preferred = wanted.get(str(cx.abstract_syntax))
         if preferred:
             ours = [str(ts) for ts in cx.transfer_syntax]
-            cx.transfer_syntax = [ts for ts in preferred if ts in ours] + [
-                ts for ts in ours if ts not in preferred
-            ]
+            # the requestor's order, among the syntaxes we can always produce (any stored
+            # instance can be re-encoded into them losslessly); then the rest, ours
+            first = [ts for ts in preferred if ts in ours and ts in SUB_OPERATION_TARGETS]
+            cx.transfer_syntax = first + [ts for ts in ours if ts not in first]
     assoc.acceptor.supported_contexts = contexts
 
 
