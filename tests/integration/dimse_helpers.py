@@ -394,7 +394,7 @@ def make_copy(source: Path, out: Path, **attrs: object) -> Item:
 
 
 @contextmanager
-def live_node(tmp: Path, url: str, schema: str | None) -> Iterator[LiveNode]:
+def live_node(tmp: Path, url: str, schema: str | None, **settings: object) -> Iterator[LiveNode]:
     """An archive with DICOMweb and DIMSE (AE title DICOMHUB) on loopback, built as the
     ``node`` fixture of conftest.py builds it (for module-scoped archives): the test peers'
     calling AE titles are registered devices where the archive requires that."""
@@ -404,7 +404,9 @@ def live_node(tmp: Path, url: str, schema: str | None) -> Iterator[LiveNode]:
     from dicomhub.dimse.server import DimseServer
 
     context = build_context(
-        make_settings(tmp / "data", url, schema, dimse_port=free_port(), ae_title="DICOMHUB")
+        make_settings(
+            tmp / "data", url, schema, dimse_port=free_port(), ae_title="DICOMHUB", **settings
+        )
     )
     if hasattr(conftest, "TEST_AE_TITLES"):  # the calling AE titles of the test peers
         context.auth.add_device(
