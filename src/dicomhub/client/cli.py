@@ -40,24 +40,27 @@ class Progress:
             self.done += units
             self.bytes += nbytes
             now = time.monotonic()
-            if self.quiet or (now - self._last < 0.2 and self.done < self.total):
+            if self.quiet or (now - self._last < 0.2 and self.done != self.total):
                 return
             self._last = now
             elapsed = max(now - self.start, 1e-6)
-            width = 30
-            frac = self.done / self.total if self.total else 1.0
-            filled = int(width * min(frac, 1.0))
-            bar = "#" * filled + "-" * (width - filled)
-            total = str(self.total) if self.total else "?"
-            self.stream.write(
-                f"\r[{bar}] {self.done}/{total} {self.unit}  "
-                f"{self.bytes / 1e6:.1f} MB  {self.bytes / 1e6 / elapsed:.1f} MB/s"
-            )
+            rate = f"{self.bytes / 1e6:.1f} MB  {self.bytes / 1e6 / elapsed:.1f} MB/s"
+            if self.total:
+                width = 30
+                filled = int(width * min(self.done / self.total, 1.0))
+                bar = "#" * filled + "-" * (width - filled)
+                line = f"[{bar}] {self.done}/{self.total} {self.unit}  {rate}"
+            else:  # total unknown (a pull): a running count
+                line = f"{self.done} {self.unit}  {rate}"
+            self.stream.write("\r" + line)
             self.stream.flush()
 
     def finish(self) -> None:
-        """End the bar's line."""
+        """Draw the final state and end the bar's line."""
         if not self.quiet:
+            self._last = 0.0
+            self.total = self.total or self.done
+            self(0, 0)
             self.stream.write("\n")
             self.stream.flush()
 
