@@ -17,9 +17,14 @@ Plugins (measured in ../shared/DESIGN.md §6, docs/benchmarks.md):
   (CharLS).  Signed samples are coded as their BitsStored-bit two's complement pattern,
   as PS3.5 §8.2.3 requires.
 * JPEG lossless SV1 (§A.4.1, .4.70) and non-hierarchical lossless (.4.57): imagecodecs
-  ``jpeg8`` (libjpeg-turbo, SOF3, predictor 1), which pydicom cannot encode.
-* JPEG baseline (.4.50, lossy, 8 bit only): imagecodecs ``jpeg8``, on explicit request.
-* RLE Lossless (§A.4.2, 1.2.840.10008.1.2.5): pylibjpeg-rle.
+  ``jpeg8`` (libjpeg-turbo, SOF3, predictor 1), which pydicom cannot encode.  Colour
+  frames are written with RGB component identifiers and an Adobe marker without
+  transform, which decoders (pydicom included) take as RGB, so YBR_FULL is not written.
+* JPEG baseline (.4.50, lossy, 8 bit only): imagecodecs ``jpeg8``, on explicit request;
+  colour frames are YCbCr-transformed, hence labelled YBR_FULL
+  (:func:`encoded_photometric`).
+* RLE Lossless (§A.4.2, 1.2.840.10008.1.2.5): pylibjpeg-rle.  Decoders discard the bits
+  above BitsStored of RLE (and JPEG lossless) samples, so samples using them are refused.
 * Native syntaxes (Implicit/Explicit VR Little Endian, Deflated Explicit VR Little
   Endian, §A.1, §A.2, §A.5) need no frame codec: the canonical bytes are the value.
 
@@ -68,6 +73,7 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "encode_problem",
+    "encoded_photometric",
     "get",
 ]
 
@@ -156,6 +162,8 @@ class TransferSyntax:
 _MONO = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"})
 _J2K_PHOTOMETRICS = _MONO | {"RGB"}  # PS3.5 §8.2.4: no YBR_FULL; RGB without MCT
 _JLS_PHOTOMETRICS = _MONO | {"RGB", "YBR_FULL"}  # PS3.5 §8.2.3
+# the libjpeg-turbo lossless stream of 3 samples says RGB (component IDs 'R','G','B')
+_JPEG_LOSSLESS_PHOTOMETRICS = _MONO | {"RGB"}
 _ANY = frozenset(
     {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_RCT", "YBR_ICT"}
 )
@@ -212,7 +220,9 @@ def _htj2k_encoder(rpcl: bool) -> Encoder:
         ic = _codecs()
         kwargs: dict[str, Any] = {"reversible": True}
         if rpcl:
-            kwargs.update(tlm=True)
+            # .202 (PS3.5 §A.4.11): RPCL progression (OpenJPH's default), TLM marker
+            # segments, one tile-part per resolution level for progressive decoding
+            kwargs.update(tlm=True, tilepart=ic.HTJ2K.TILEPART.RESOLUTIONS)
         return bytes(ic.htj2k_encode(np.ascontiguousarray(arr), **kwargs))
 
     return encode
@@ -323,6 +333,9 @@ def _jpeg_baseline_encode(arr: Array, fmt: PixelFormat) -> bytes:
 def _rle_encode(arr: Array, fmt: PixelFormat) -> bytes:
     from rle.utils import encode_pixel_data
 
+    # RLE keeps every bit, but decoders (pydicom's) clear or sign-extend the bits above
+    # BitsStored, so such samples would not decode to what was stored (PS3.5 §8.1.1)
+    _lossless_bits_check(arr, fmt, "RLE")
     return bytes(
         encode_pixel_data(
             np.ascontiguousarray(arr).tobytes(),
@@ -381,7 +394,7 @@ _REGISTRY_LIST = [
         (),
         _jpeg_lossless_encode,
         _jpeg_decode,
-        _JLS_PHOTOMETRICS,
+        _JPEG_LOSSLESS_PHOTOMETRICS,
     ),
     TransferSyntax(
         JPEG_LOSSLESS_SV1,
@@ -391,7 +404,7 @@ _REGISTRY_LIST = [
         (),
         _jpeg_lossless_encode,
         _jpeg_decode,
-        _JLS_PHOTOMETRICS,
+        _JPEG_LOSSLESS_PHOTOMETRICS,
     ),
     TransferSyntax(
         JPEG_LS_LOSSLESS,
@@ -480,8 +493,8 @@ def get(uid: str) -> TransferSyntax | None:
 def encode_problem(uid: str, fmt: PixelFormat) -> str | None:
     """Why frames of ``fmt`` cannot be written in syntax ``uid``; ``None`` if they can.
 
-    Data-dependent limits (samples wider than BitsStored for JPEG-LS and JPEG lossless)
-    are only found while encoding and raise :class:`CodecError` then.
+    Data-dependent limits (samples wider than BitsStored for JPEG-LS, JPEG lossless and
+    RLE) are only found while encoding and raise :class:`CodecError` then.
     """
     ts = REGISTRY.get(uid)
     if ts is None:
@@ -501,6 +514,18 @@ def encode_problem(uid: str, fmt: PixelFormat) -> str | None:
     if uid in (JPEG_LS_LOSSLESS, JPEG_LOSSLESS, JPEG_LOSSLESS_SV1) and fmt.bits_stored < 2:
         return f"{ts.name}: Bits Stored {fmt.bits_stored}"
     return None
+
+
+def encoded_photometric(uid: str, fmt: PixelFormat) -> str:
+    """The Photometric Interpretation of frames of ``fmt`` once written in syntax ``uid``.
+
+    JPEG baseline colour frames are written YCbCr-transformed without subsampling (JFIF),
+    which is YBR_FULL (PS3.3 C.7.6.3.1.2, PS3.5 §8.2.1); every other encoder keeps the
+    samples as they are.
+    """
+    if uid == JPEG_BASELINE and fmt.samples_per_pixel == 3:
+        return "YBR_FULL"
+    return fmt.photometric_interpretation
 
 
 def encode_frame(uid: str, arr: Array, fmt: PixelFormat) -> bytes:
