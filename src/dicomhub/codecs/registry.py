@@ -218,7 +218,8 @@ def _lossless_bits_check(arr: Array, fmt: PixelFormat, name: str) -> None:
 def _htj2k_encoder(rpcl: bool) -> Encoder:
     def encode(arr: Array, fmt: PixelFormat) -> bytes:
         ic = _codecs()
-        kwargs: dict[str, Any] = {"reversible": True}
+        # RGB with the reversible colour transform, labelled YBR_RCT (encoded_photometric)
+        kwargs: dict[str, Any] = {"reversible": True, "rgb": fmt.samples_per_pixel == 3}
         if rpcl:
             # .202 (PS3.5 §A.4.11): RPCL progression (OpenJPH's default), TLM marker
             # segments, one tile-part per resolution level for progressive decoding
@@ -242,7 +243,7 @@ def _j2k_encode(arr: Array, fmt: PixelFormat) -> bytes:
             level=0,
             codecformat="J2K",
             reversible=True,
-            mct=False,
+            mct=fmt.samples_per_pixel == 3,  # RCT, labelled YBR_RCT (encoded_photometric)
             bitspersample=bits,
         )
     )
@@ -257,8 +258,8 @@ def _jls_encoder(near: int) -> Encoder:
     def encode(arr: Array, fmt: PixelFormat) -> bytes:
         import jpeg_ls  # pyjpegls: CharLS with the precision set to BitsStored
 
-        if near == 0:
-            _lossless_bits_check(arr, fmt, "JPEG-LS")
+        # also near-lossless: CharLS would wrap samples above MAXVAL, far beyond NEAR
+        _lossless_bits_check(arr, fmt, "JPEG-LS")
         pattern = np.ascontiguousarray(_unsigned_pattern(arr, fmt))
         if fmt.bits_stored <= 8 and pattern.dtype.itemsize > 1:
             pattern = pattern.astype(np.uint8)
@@ -513,6 +514,12 @@ def encode_problem(uid: str, fmt: PixelFormat) -> str | None:
         return f"{ts.name} does not carry {fmt.photometric_interpretation or 'no'} photometric"
     if uid in (JPEG_LS_LOSSLESS, JPEG_LOSSLESS, JPEG_LOSSLESS_SV1) and fmt.bits_stored < 2:
         return f"{ts.name}: Bits Stored {fmt.bits_stored}"
+    if uid == JPEG_BASELINE and (fmt.bits_stored != 8 or fmt.pixel_representation != 0):
+        # PS3.5 Table 8.2.1-1: 8 bits stored, unsigned; lossy errors would overflow fewer
+        return (
+            f"{ts.name} carries unsigned samples of Bits Stored 8 only, "
+            f"not {'signed ' if fmt.pixel_representation else ''}Bits Stored {fmt.bits_stored}"
+        )
     return None
 
 
@@ -520,11 +527,16 @@ def encoded_photometric(uid: str, fmt: PixelFormat) -> str:
     """The Photometric Interpretation of frames of ``fmt`` once written in syntax ``uid``.
 
     JPEG baseline colour frames are written YCbCr-transformed without subsampling (JFIF),
-    which is YBR_FULL (PS3.3 C.7.6.3.1.2, PS3.5 §8.2.1); every other encoder keeps the
+    which is YBR_FULL (PS3.3 C.7.6.3.1.2, PS3.5 §8.2.1); JPEG 2000 and HTJ2K colour frames
+    use the reversible multi-component transform, which is YBR_RCT (PS3.5 §8.2.4; the
+    decoder inverts it, so they decode to RGB again); every other encoder keeps the
     samples as they are.
     """
     if uid == JPEG_BASELINE and fmt.samples_per_pixel == 3:
         return "YBR_FULL"
+    j2k = (J2K_LOSSLESS, J2K, HTJ2K_LOSSLESS, HTJ2K_RPCL, HTJ2K)
+    if uid in j2k and fmt.samples_per_pixel == 3 and fmt.photometric_interpretation == "RGB":
+        return "YBR_RCT"
     return fmt.photometric_interpretation
 
 

@@ -16,7 +16,9 @@ recorded at ingest; any later form can be checked against it.
 
 Only the Pixel Data (7FE0,0010) element, the transfer syntax in the File Meta
 Information and, where the standard demands it, Planar Configuration (0028,0006) = 0 and
-Photometric Interpretation change (PS3.5 §8.2.4 for JPEG 2000 / HTJ2K); every other
+Photometric Interpretation change (PS3.5 §8.2.4 for JPEG 2000 / HTJ2K; YBR_FULL for
+colour JPEG baseline, see :func:`registry.encoded_photometric`); retired Group Length
+elements (gggg,0000) are not written (PS3.5 §7.2, as pydicom writes); every other
 element is written back as read.  Instances whose pixel data cannot be re-encoded without
 loss or mislabelling (float pixel data, pixel data nested in sequences such as Icon Image
 Sequence, YBR_FULL_422 into JPEG 2000, ...) raise :class:`~registry.CodecError` and are
@@ -161,6 +163,8 @@ def canonical_pixels(path: Path, indices: Sequence[int] | None = None) -> Canoni
     )
     if photometric == "YBR_FULL_422":  # decoders return every chroma sample (PS3.3 C.7.6.3.1.2)
         photometric = "YBR_FULL"
+    if photometric in ("YBR_RCT", "YBR_ICT"):  # J2K decoders invert the transform
+        photometric = "RGB"
     out_fmt = pixel_format(ds, photometric)
 
     def _decoded() -> Iterator[bytes]:
@@ -297,7 +301,7 @@ def transcode(
             _set_encapsulated(ds, fragments)
             if fmt.samples_per_pixel > 1:
                 ds.PlanarConfiguration = 0
-            ds.PhotometricInterpretation = fmt.photometric_interpretation
+            ds.PhotometricInterpretation = registry.encoded_photometric(target_uid, fmt)
             if not target.lossless:
                 _mark_lossy(ds, target, raw_total, sum(len(f) for f in fragments))
         else:
