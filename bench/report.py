@@ -327,6 +327,23 @@ Server CPU per operation (ms):
 """
 
 
+#: Sections written by other benchmarks (bench/codecs.py) that a re-render keeps.
+KEPT_SECTIONS = ("## Codecs",)
+
+
+def keep_sections(old: str, new: str) -> str:
+    """``new`` with the :data:`KEPT_SECTIONS` of ``old`` carried over (before "## Running it")."""
+    for heading in KEPT_SECTIONS:
+        start = old.find("\n" + heading)
+        if start < 0 or ("\n" + heading) in new:
+            continue
+        end = old.find("\n## ", start + 1)
+        section = old[start : end if end >= 0 else len(old)]
+        marker = "\n## Running it\n"
+        new = new.replace(marker, section + marker, 1) if marker in new else new + section
+    return new
+
+
 def main(argv: list[str] | None = None) -> int:
     """Re-render the Markdown report from a results JSON (no servers, no measuring)."""
     import argparse
@@ -349,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = "".join(additional_run(json.loads(path.read_text())) for path in args.also)
     if extra:
         text = text.replace("\n## Running it\n", extra + "\n## Running it\n", 1)
+    if args.markdown.exists():
+        text = keep_sections(args.markdown.read_text(), text)
     args.markdown.write_text(text)
     print(f"wrote {args.markdown}")
     return 0

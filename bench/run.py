@@ -31,6 +31,7 @@ from bench.report import (
     Metric,
     cpu_table,
     debian_version,
+    keep_sections,
     machine_facts,
     markdown,
     package_version,
@@ -644,7 +645,10 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, results, bench.metrics)
         if not args.no_doc:
             args.doc.parent.mkdir(parents=True, exist_ok=True)
-            args.doc.write_text(markdown(results, bench.metrics, names))
+            text = markdown(results, bench.metrics, names)
+            if args.doc.exists():
+                text = keep_sections(args.doc.read_text(), text)
+            args.doc.write_text(text)
         print()
         print(table(bench.metrics, names))
         static = results.get("static_limit_mb_s")
