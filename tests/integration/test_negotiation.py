@@ -10,6 +10,7 @@ for pixels identical to the server's record (pixel digest).
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -395,3 +396,53 @@ def test_storescu_proposing_compressed_syntaxes(
             assert record["PixelDigest"] == transcode.pixel_digest(ref)
             assert record["OriginalTransferSyntaxUID"] == s.syntax
             assert record["TransferSyntaxUID"] == (want or s.syntax)
+
+
+def test_move_to_a_destination_that_takes_only_jpeg_ls(
+    node: LiveNode, items: dict[str, Stored]
+) -> None:
+    """movescu (IMAGE level) of the native CT and the J2K MR to a pynetdicom Storage SCP
+    (AE JLSONLY, registered node) that accepts CT and MR Image Storage in JPEG-LS lossless
+    only: both arrive in JPEG-LS — re-encoded losslessly, since neither is stored so — with
+    the recorded pixels; final status 0x0000 for each move."""
+    from pynetdicom import AE, evt
+    from pynetdicom.events import Event
+
+    from conftest import free_port
+    from integration.dimse_helpers import register
+
+    received: dict[str, bytes] = {}
+
+    def on_store(event: Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        received[str(ds.SOPInstanceUID)] = buf.getvalue()
+        return 0x0000
+
+    ae = AE(ae_title="JLSONLY")
+    for sop_class in ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"):
+        ae.add_supported_context(sop_class, [ts.JPEG_LS_LOSSLESS])
+    port = free_port()
+    scp = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        register(node, f"jlsonly-{port}", "JLSONLY", port)
+        for name in ("ct", "mr_j2k"):
+            s = items[name]
+            keys = [
+                "-k", "QueryRetrieveLevel=IMAGE",
+                "-k", f"StudyInstanceUID={s.study}",
+                "-k", f"SeriesInstanceUID={s.series}",
+                "-k", f"SOPInstanceUID={s.sop}",
+            ]  # fmt: skip
+            proc = run(["movescu", "-d", "-S", "-aem", "JLSONLY", *keys, *peer(node)])
+            assert proc.returncode == 0, describe(proc)
+            assert statuses(proc)[-1] == 0x0000, describe(proc)
+            data = received[s.sop]
+            assert str(read(data).file_meta.TransferSyntaxUID) == ts.JPEG_LS_LOSSLESS
+            assert transcode.pixel_digest_of_bytes(data) == s.digest, name
+    finally:
+        scp.shutdown()

@@ -85,6 +85,16 @@ _UNIQUE = {
 }
 
 
+#: Lossless syntaxes offered to a C-MOVE destination besides the stored ones.
+MOVE_REENCODE_OFFER = (
+    syntaxes.HTJ2K_LOSSLESS,
+    syntaxes.JPEG_LS_LOSSLESS,
+    syntaxes.J2K_LOSSLESS,
+    syntaxes.JPEG_LOSSLESS_SV1,
+    syntaxes.RLE,
+)
+
+
 def _prefer_requestor_order_for_get(assoc: Any, primitive: Any) -> None:
     """For storage SOP classes the requestor wants us to send on (SCP role selection,
     PS3.7 D.3.3.4, i.e. C-GET), accept the transfer syntax the requestor proposed first
@@ -466,10 +476,10 @@ class DimseHandlers:
     ) -> tuple[list[Any], dict[str, set[str]]]:
         """Propose contexts for the instances to move and learn what the destination accepts.
 
-        Per SOP Class one context offering the stored compressed syntaxes and one offering
-        Explicit and Implicit VR Little Endian; a probing association tells which the
-        destination accepts, so instances are decompressed before pynetdicom sends them
-        when necessary.
+        Per SOP Class one context offering the stored compressed syntaxes, one offering
+        Explicit and Implicit VR Little Endian and one offering the other lossless syntaxes
+        we write; a probing association tells which the destination accepts, so instances
+        are re-encoded before pynetdicom sends them when necessary.
         """
         offered: dict[str, list[str]] = {}
         for item in items:
@@ -478,13 +488,16 @@ class DimseHandlers:
                 syntaxes.insert(0, item.transfer_syntax_uid)
         contexts = []
         plain: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-        for sop_class, syntaxes in list(offered.items())[:63]:
-            # one context with the stored compressed syntaxes, one uncompressed: a
-            # destination that takes only some compressed syntax gets the rest decompressed
-            compressed = [ts for ts in syntaxes if ts not in plain]
+        for sop_class, stored in list(offered.items())[:42]:
+            # one context with the stored compressed syntaxes, one uncompressed, one with
+            # the other lossless syntaxes we can write: a destination that takes only some
+            # compressed syntax gets the rest re-encoded into it (PS3.4 C.4.2.3.1)
+            compressed = [ts for ts in stored if ts not in plain]
             if compressed:
                 contexts.append(build_context(sop_class, compressed))
             contexts.append(build_context(sop_class, plain))
+            others = [ts for ts in MOVE_REENCODE_OFFER if ts not in compressed]
+            contexts.append(build_context(sop_class, others))
         if not contexts:  # nothing to move: pynetdicom still opens the association
             contexts.append(build_context("1.2.840.10008.1.1"))
         ae = AE(ae_title=self.ae_title)
