@@ -78,8 +78,7 @@ class PydicomPixelCodec:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # odd VRs are the sender's, not ours to report
-                pixels = transcode.canonical_pixels(path)
-                return transcode.digest_of_frames(pixels.frames), pixels.planar_configuration
+                return transcode.pixel_digest_and_planar(path)
         except (CodecError, DicomhubError):
             return None, None
 

@@ -190,16 +190,53 @@ def _canonical_bytes(arr: Any, fmt: PixelFormat) -> bytes:
 
 def pixel_digest(path: Path) -> str | None:
     """The pixel digest (v1) of a stored file; ``None`` when it has no decodable pixels."""
+    return pixel_digest_and_planar(path)[0]
+
+
+def pixel_digest_and_planar(path: Path) -> tuple[str | None, int | None]:
+    """(pixel digest, stored Planar Configuration); (None, None) without decodable pixels.
+
+    Native little-endian pixel data that is already in canonical form (byte-aligned
+    samples, interleaved or single-sample) is hashed straight from the file, in one
+    sequential read, without splitting it into frames.
+    """
     from dicomhub.core.errors import DicomhubError
 
     try:
+        info = frame_io.inspect_pixel_data(path)
+        fast = _native_digest(info)
+        if fast is not None:
+            return fast, info.planar_configuration
         pixels = canonical_pixels(path)
-        h = hashlib.sha256()
-        for frame in pixels.frames:
-            h.update(frame)
-        return h.hexdigest()
+        return digest_of_frames(pixels.frames), pixels.planar_configuration
     except (CodecError, DicomhubError):
+        return None, None
+
+
+def _native_digest(info: frame_io.PixelDataInfo) -> str | None:
+    """SHA-256 of the pixel data value when it equals the canonical frames back to back."""
+    if (
+        str(info.transfer_syntax) not in (syntaxes.ELE, syntaxes.ILE)
+        or info.keyword != "PixelData"
+        or info.is_encapsulated
+        or info.bits_allocated % 8
+        or (info.samples_per_pixel > 1 and info.planar_configuration != 0)
+    ):
         return None
+    total = (info.frame_bits // 8) * info.number_of_frames
+    if total > info.value_length:
+        return None  # truncated: let the frame reader report it
+    h = hashlib.sha256()
+    with info.path.open("rb") as fh:
+        fh.seek(info.value_offset)
+        left = total
+        while left:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                return None
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
 
 
 def digest_of_frames(frames: Iterator[bytes]) -> str:
