@@ -328,7 +328,7 @@ Server CPU per operation (ms):
 
 
 #: Sections written by other benchmarks (bench/codecs.py) that a re-render keeps.
-KEPT_SECTIONS = ("## Codecs",)
+KEPT_SECTIONS = ("## Additional run", "## Codecs")
 
 
 def keep_sections(old: str, new: str) -> str:
