@@ -21,6 +21,7 @@ from dicomhub.codecs import frames, registry, render, transcode
 from dicomhub.codecs.registry import CodecError
 from dicomhub.core import syntaxes
 from dicomhub.core.errors import CannotTranscode, DicomhubError, NotFound, UndecodablePixelData
+from dicomhub.core.model import ParsedInstance
 
 PIXEL_TAGS = {"7FE00010", "7FE00008", "7FE00009"}
 
@@ -73,8 +74,14 @@ class PydicomPixelCodec:
             raise NotFound(f"{'/'.join(tag_path)} is not a binary value")
         return bytes(value)
 
-    def pixel_digest(self, path: Path) -> tuple[str | None, int | None]:
+    def pixel_digest(
+        self, path: Path, parsed: ParsedInstance | None = None
+    ) -> tuple[str | None, int | None]:
         """Pixel digest (v1) and stored Planar Configuration (codecs/transcode.py)."""
+        if parsed is not None:
+            fast = transcode.native_digest_from_parsed(path, parsed)
+            if fast is not None:
+                return fast
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # odd VRs are the sender's, not ours to report

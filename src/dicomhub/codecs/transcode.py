@@ -213,6 +213,53 @@ def pixel_digest_and_planar(path: Path) -> tuple[str | None, int | None]:
         return None, None
 
 
+def native_digest_from_parsed(path: Path, parsed: Any) -> tuple[str, int] | None:
+    """(digest, planar) of native little-endian Pixel Data from what the ingest reader
+    found (its DICOM JSON and the value offset), without parsing the header again;
+    ``None`` when that shortcut does not apply (the general path then decides)."""
+    meta = parsed.metadata
+    offset = parsed.pixel_data_offset
+    if (
+        offset is None
+        or parsed.transfer_syntax_uid not in (syntaxes.ELE, syntaxes.ILE)
+        or "7FE00010" not in meta
+    ):
+        return None
+
+    def number(tag: str, default: int | None = None) -> int | None:
+        values = meta.get(tag, {}).get("Value")
+        try:
+            return int(values[0]) if values else default
+        except (TypeError, ValueError):
+            return None
+
+    rows, columns = number("00280010"), number("00280011")
+    samples, bits = number("00280002", 1), number("00280100")
+    planar, frames = number("00280006", 0), number("00280008", 1)
+    if None in (rows, columns, samples, bits, planar, frames):
+        return None
+    assert rows and columns and samples and bits is not None and planar is not None
+    if bits % 8 or bits == 0 or (samples > 1 and planar != 0) or not frames or frames < 1:
+        return None
+    if str(meta.get("00280004", {}).get("Value", [""])[0]).strip() == "YBR_FULL_422":
+        return None
+    total = rows * columns * samples * (bits // 8) * frames
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        fh.seek(offset - 4)
+        length = int.from_bytes(fh.read(4), "little")
+        if length == 0xFFFFFFFF or total > length:
+            return None
+        left = total
+        while left:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                return None
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest(), planar
+
+
 def _native_digest(info: frame_io.PixelDataInfo) -> str | None:
     """SHA-256 of the pixel data value when it equals the canonical frames back to back."""
     if (

@@ -194,9 +194,13 @@ class PixelCodec(Protocol):
         """A bulk data value by tag path: ``["7FE00010"]``, ``["52009230", "0", …]``."""
         ...
 
-    def pixel_digest(self, path: Path) -> tuple[str | None, int | None]:
+    def pixel_digest(
+        self, path: Path, parsed: ParsedInstance | None = None
+    ) -> tuple[str | None, int | None]:
         """(pixel digest, Planar Configuration as stored) of an object; digest ``None``
-        when it has no decodable Pixel Data (codecs/transcode.py defines the digest)."""
+        when it has no decodable Pixel Data (codecs/transcode.py defines the digest).
+        ``parsed`` (what the reader found) lets native pixel data be hashed without
+        parsing the header again."""
         ...
 
     def transcode(

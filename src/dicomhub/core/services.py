@@ -154,7 +154,7 @@ class StoreService:
             return outcome
         parsed.original_transfer_syntax_uid = original[0] or parsed.transfer_syntax_uid
         if self.pixels is not None and parsed.pixel_data_offset is not None:
-            digest, planar = self.pixels.pixel_digest(staged.path)
+            digest, planar = self.pixels.pixel_digest(staged.path, parsed)
             parsed.pixel_digest = digest
             parsed.original_planar_configuration = (
                 original[1] if original[0] and original[1] is not None else planar

@@ -222,6 +222,8 @@ class SqlIndex:
         added to that study.  Server admins without a subscriber store into ``default_pk``.
         """
         own = access.subscriber_pk if access.subscriber_pk is not None else default_pk
+        if access.everything:
+            return own
         with self.engine.connect() as conn:
             mine = conn.execute(
                 select(studies.c.pk).where(
