@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from dicomhub.codecs.render import RenderParams, parse_quality, parse_viewport, parse_window
 from dicomhub.context import Context
@@ -40,6 +40,12 @@ from dicomhub.dicomweb.multipart import closing, new_boundary, part_header
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+
+#: Objects up to this size are read whole in one worker-thread hop while streaming a
+#: study; larger ones stream in 1 MiB chunks (memory stays bounded either way).
+WHOLE_READ_LIMIT = 8 << 20
+#: Consecutive small instances are sent in blocks of about this many bytes.
+BLOCK = 4 << 20
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -112,19 +118,53 @@ async def _retrieve(
     boundary = new_boundary()
     syntaxes = {first[0]}
 
-    def _body() -> Iterator[bytes]:
-        for index, (item, cands) in enumerate(plans):
-            if index == 0:
-                ts, data = first
-            else:
-                try:
-                    ts, data = _render_instance(ctx, item, cands)
-                except CannotTranscode as exc:
-                    log.warning("left %s out of a WADO-RS response: %s", item.sop_instance_uid, exc)
-                    continue
-            yield part_header(boundary, f"application/dicom; transfer-syntax={ts}")
-            yield from data
-            yield b"\r\n"
+    def _prepare(index: int) -> tuple[str, Iterator[bytes], list[bytes]] | None:
+        """One thread hop per instance: open (or transcode) it and, when it is small,
+        read it whole; ``None`` when it cannot be sent in any acceptable syntax."""
+        item, cands = plans[index]
+        if index == 0:
+            ts, data = first
+        else:
+            try:
+                ts, data = _render_instance(ctx, item, cands)
+            except CannotTranscode as exc:
+                log.warning("left %s out of a WADO-RS response: %s", item.sop_instance_uid, exc)
+                return None
+        if item.size <= WHOLE_READ_LIMIT:
+            return ts, iter(()), list(data)
+        return ts, data, []
+
+    def _block(start: int) -> tuple[int, bytes, bytes, Iterator[bytes] | None]:
+        """From instance ``start`` on, in one thread hop: the parts of consecutive small
+        instances joined into one block of up to BLOCK bytes (few large socket writes),
+        or — for a large instance — its part header and its chunk iterator."""
+        pieces: list[bytes] = []
+        size = 0
+        index = start
+        while index < len(plans) and size < BLOCK:
+            prepared = _prepare(index)
+            index += 1
+            if prepared is None:
+                continue
+            ts, rest, head = prepared
+            header = part_header(boundary, f"application/dicom; transfer-syntax={ts}")
+            if not head and plans[index - 1][0].size > WHOLE_READ_LIMIT:
+                return index, b"".join(pieces), header, rest
+            pieces += [header, *head, b"\r\n"]
+            size += sum(len(p) for p in head)
+        return index, b"".join(pieces), b"", None
+
+    async def _body() -> AsyncIterator[bytes]:
+        index = 0
+        while index < len(plans):
+            index, block, large_header, rest = await run_in_threadpool(_block, index)
+            if block:
+                yield block
+            if rest is not None:
+                yield large_header
+                async for chunk in iterate_in_threadpool(rest):  # chunk by chunk
+                    yield chunk
+                yield b"\r\n"
         yield closing(boundary)
 
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
