@@ -248,10 +248,14 @@ def _native_frame(path: Path, number: int) -> bytes:
 class _FlipProxy:
     """A loopback HTTP proxy that forwards to the server and flips one byte, ~300 bytes
     before the end of the body, in responses to GETs of instances (``flip='response'``) or
-    in STOW-RS request bodies (``flip='request'``): a corrupted transfer."""
+    in STOW-RS request bodies (``flip='request'``): a corrupted transfer.  ``'flaky'``
+    answers the first two STOW-RS requests 503 (a transient failure) and forwards the
+    rest; ``'plain'`` hides dicomhub's extensions (pixel-digests → 404, original-encoding
+    part headers dropped), as any other DICOMweb server would."""
 
     def __init__(self, upstream: str, flip: str) -> None:
         self.upstream = upstream.rstrip("/")
+        self.posts = 0
         proxy = self
 
         class Handler(http_server.BaseHTTPRequestHandler):
@@ -262,6 +266,25 @@ class _FlipProxy:
                     body = self._read_chunked()
                 if body and flip == "request" and method == "POST":
                     body = _flip(body)
+                if method == "POST":
+                    proxy.posts += 1
+                    if flip == "flaky" and proxy.posts <= 2:
+                        self.send_response(503)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                if flip == "plain":
+                    if self.path.endswith("pixel-digests"):
+                        self.send_response(404)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    if body:
+                        body = b"\r\n".join(
+                            line
+                            for line in body.split(b"\r\n")
+                            if not line.startswith(b"Dicomhub-Original-")
+                        )
                 headers = {
                     k: v
                     for k, v in self.headers.items()
@@ -372,6 +395,46 @@ def test_push_detects_a_corrupted_byte(server: LiveServer, proxy: _FlipProxy, fo
     proc = _cli("push", str(ct), "--syntax", "keep", "-q", env=_env(server, proxy.url))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "pixel digest mismatch" in proc.stderr
+
+
+@pytest.mark.parametrize("proxy", ["flaky"], indirect=True)
+def test_push_retries_transient_failures(
+    server: LiveServer, proxy: _FlipProxy, folder: Path
+) -> None:
+    """In: the MR volume pushed in batches of 10 through a proxy that answers the first two
+    STOW-RS requests 503 Service Unavailable: the client retries with back-off, every file
+    is stored and verified, exit 0; the proxy saw the two refused requests and the retries."""
+    volume = sorted(folder.rglob("*brain*"))
+    proc = _cli(
+        "push", *map(str, volume), "--batch", "10", "--parallel", "1", "-q",
+        env=_env(server, proxy.url),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"pushed {len(volume)}/{len(volume)} files, {len(volume)} verified" in proc.stdout
+    assert proxy.posts == 2 + (len(volume) + 9) // 10
+
+
+@pytest.mark.parametrize("proxy", ["plain"], indirect=True)
+def test_client_against_a_server_without_dicomhub_extensions(
+    server: LiveServer, proxy: _FlipProxy, folder: Path, tmp_path: Path
+) -> None:
+    """In: push and pull through a proxy that makes the server look like any DICOMweb
+    server (no pixel-digests endpoint, original-encoding headers dropped): push stores
+    every file (nothing to verify against: reported as such, exit 0); pull asking
+    transfer-syntax=* gets the files as stored with identical pixels."""
+    volume = sorted(folder.rglob("*brain*"))
+    env = _env(server, proxy.url)
+    proc = _cli("push", *map(str, volume), "--syntax", "keep", "-q", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"pushed {len(volume)}/{len(volume)} files, 0 verified" in proc.stdout
+    study = _uids(volume[0])[0]
+    out = tmp_path / "out"
+    proc = _cli("pull", study, "--out", str(out), "--syntax", "keep", "-q", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{len(volume)} without a server digest" in proc.stdout
+    pulled = {_uids(p)[1]: p for p in out.rglob("*.dcm")}
+    for original in volume:
+        assert pulled[_uids(original)[1]].read_bytes() == original.read_bytes()
 
 
 def test_cli_errors_are_clear(server: LiveServer, tmp_path: Path) -> None:
