@@ -37,6 +37,9 @@ __all__ = ["DicomhubClient", "FileResult", "PullResult", "PushResult", "Transfer
 
 DEFAULT_SYNTAX = syntaxes.HTJ2K_LOSSLESS
 _TRANSIENT = {408, 425, 429, 500, 502, 503, 504}
+#: A STOW-RS request carries at most this many bytes of files (besides ``batch_size``),
+#: so a batch of large multi-frame objects does not sit in memory whole.
+BATCH_BYTES = 256 << 20
 ProgressFn = Callable[[int, int], None]  # (units done now, bytes done now)
 
 
@@ -121,6 +124,24 @@ def discover(paths: Iterable[Path]) -> list[Path]:
                 if _is_part10(p):
                     found.append(p)
     return found
+
+
+def _batches(files: list[Path], count: int, max_bytes: int) -> list[list[Path]]:
+    """Consecutive groups of at most ``count`` files and ``max_bytes`` (a larger file goes
+    alone)."""
+    out: list[list[Path]] = []
+    current: list[Path] = []
+    size = 0
+    for path in files:
+        length = path.stat().st_size
+        if current and (len(current) >= count or size + length > max_bytes):
+            out.append(current)
+            current, size = [], 0
+        current.append(path)
+        size += length
+    if current:
+        out.append(current)
+    return out
 
 
 def _is_part10(path: Path) -> bool:
@@ -246,7 +267,7 @@ class DicomhubClient:
         files = discover(paths)
         result = PushResult()
         lock = threading.Lock()
-        batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+        batches = _batches(files, batch_size, BATCH_BYTES)
         with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
             futures = [pool.submit(self._push_batch, batch, syntax) for batch in batches]
             for future in as_completed(futures):
