@@ -43,7 +43,9 @@ failures while decoding a frame are raised during iteration.
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +183,7 @@ def native_frames(path: Path, frame_numbers: Sequence[int]) -> Iterator[bytes]:
     transfer syntax); decoding failures raise :class:`UndecodablePixelData`
     while iterating.
     """
-    info = inspect_pixel_data(path)
+    info = _cached_info(Path(path))
     indices = [frame_index(number, info.number_of_frames) for number in frame_numbers]
     if not indices:
         return iter(())
@@ -204,6 +206,37 @@ def native_frames(path: Path, frame_numbers: Sequence[int]) -> Iterator[bytes]:
 
 
 # -- header -----------------------------------------------------------------------------
+_INFO_CACHE: OrderedDict[tuple[str, int, int], PixelDataInfo] = OrderedDict()
+_INFO_CACHE_SIZE = 256
+_INFO_LOCK = threading.Lock()
+
+
+def _cached_info(path: Path) -> PixelDataInfo:
+    """:func:`inspect_pixel_data`, remembered for native little-endian files.
+
+    Stored objects never change in place (a new version gets a new storage key), so the
+    header of a file identified by path, size and modification time can be reused: a
+    viewer asking frame after frame of an instance does not parse its header each time.
+    Only native little-endian headers are kept (their frames are read by offset and the
+    cached data set is not touched again).
+    """
+    try:
+        st = path.stat()
+    except OSError:
+        return inspect_pixel_data(path)
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    with _INFO_LOCK:
+        hit = _INFO_CACHE.get(key)
+        if hit is not None:
+            _INFO_CACHE.move_to_end(key)
+            return hit
+    info = inspect_pixel_data(path)
+    if info.transfer_syntax in _NATIVE_LITTLE_ENDIAN:
+        with _INFO_LOCK:
+            _INFO_CACHE[key] = info
+            while len(_INFO_CACHE) > _INFO_CACHE_SIZE:
+                _INFO_CACHE.popitem(last=False)
+    return info
 
 
 def _inspect(path: Path) -> PixelDataInfo:
