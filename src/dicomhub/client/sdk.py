@@ -58,6 +58,7 @@ class FileResult:
     ok: bool = False
     verified: bool | None = None  # None: the server keeps no pixel digest
     message: str = ""
+    original_digest: str | None = None  # push: the pixel digest of the file sent
 
 
 @dataclass
@@ -386,10 +387,9 @@ class DicomhubClient:
                 message = "identifying UIDs missing or unreadable; " + failed[""]
             if not ok and not message:
                 message = f"HTTP {r.status_code}: {r.text[:300]}"
-            res = FileResult(p.path, p.sop, p.study, p.syntax, ok, None, message)
-            res.verified = None
-            setattr(res, "_digest", p.digest)  # noqa: B010 - internal, read by _verify_push
-            outcomes.append(res)
+            outcomes.append(
+                FileResult(p.path, p.sop, p.study, p.syntax, ok, None, message, p.digest)
+            )
         sent = sum(len(p.data) for p in prepared)
         return outcomes, sum(p.original_size for p in prepared), sent
 
@@ -402,7 +402,7 @@ class DicomhubClient:
             for f in result.files:
                 if not f.ok or f.study_instance_uid != study:
                     continue
-                local = getattr(f, "_digest", None)
+                local = f.original_digest
                 rec = records.get(f.sop_instance_uid)
                 if rec is None or local is None or rec.get("PixelDigest") is None:
                     continue

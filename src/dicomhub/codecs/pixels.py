@@ -7,21 +7,19 @@ requests.
 
 from __future__ import annotations
 
-import io
+import hashlib
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomhub.codecs import frames, registry, render, transcode
 from dicomhub.codecs.registry import CodecError
 from dicomhub.core import syntaxes
 from dicomhub.core.errors import CannotTranscode, DicomhubError, NotFound, UndecodablePixelData
-from dicomhub.core.model import ParsedInstance
+from dicomhub.core.model import ParsedInstance, StagedFile
 
 PIXEL_TAGS = {"7FE00010", "7FE00008", "7FE00009"}
 
@@ -93,53 +91,61 @@ class PydicomPixelCodec:
         self,
         path: Path,
         transfer_syntax_uid: str,
-        dst: Path | None = None,
         *,
         planar_configuration: int | None = None,
         verify: bool = False,
         expected_digest: str | None = None,
     ) -> bytes:
         """The object re-encoded in ``transfer_syntax_uid`` (codecs/transcode.py)."""
-        kwargs: dict[str, Any] = {
-            "planar_configuration": planar_configuration,
-            "verify": verify,
-            "expected_digest": expected_digest,
-        }
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if dst is not None:
-                    transcode.transcode(path, transfer_syntax_uid, dst, **kwargs)
-                    return b""
-                return transcode.transcode_bytes(path, transfer_syntax_uid, **kwargs)
+                return transcode.transcode_bytes(
+                    path,
+                    transfer_syntax_uid,
+                    planar_configuration=planar_configuration,
+                    verify=verify,
+                    expected_digest=expected_digest,
+                )
         except (CodecError, DicomhubError):
             raise
         except Exception as exc:  # a damaged file: report, never a 500
             raise CannotTranscode(f"cannot transcode: {type(exc).__name__}: {exc}") from None
 
+    def transcode_file(
+        self, path: Path, transfer_syntax_uid: str, dst: Path, *, expected_digest: str | None
+    ) -> StagedFile:
+        """Write the verified re-encoding to ``dst``; hashed from the bytes written."""
+        data = self.transcode(
+            path, transfer_syntax_uid, verify=True, expected_digest=expected_digest
+        )
+        dst.write_bytes(data)
+        return StagedFile(dst, len(data), hashlib.sha256(data).hexdigest())
+
     def frames_in(
         self, path: Path, frame_numbers: Sequence[int], transfer_syntax_uid: str
     ) -> Iterator[bytes]:
-        """Frames as fragments of ``transfer_syntax_uid`` (passed through if stored so)."""
-        return transcode.encoded_frames(path, frame_numbers, transfer_syntax_uid)
+        """Frames as fragments of ``transfer_syntax_uid`` (passed through if stored so);
+        a damaged file raises :class:`UndecodablePixelData`, never anything else."""
+        try:
+            frames_iter = transcode.encoded_frames(path, frame_numbers, transfer_syntax_uid)
+        except (CodecError, DicomhubError):
+            raise
+        except Exception as exc:
+            raise UndecodablePixelData(f"cannot read the frames: {exc}") from None
+        return _guarded(frames_iter)
 
     def can_encode(self, transfer_syntax_uid: str) -> bool:
         """Whether the registry has a writer for this syntax."""
         ts = registry.get(transfer_syntax_uid)
         return ts is not None and ts.can_encode and transfer_syntax_uid != syntaxes.EBE
 
-    def to_explicit_le(self, path: Path) -> bytes:
-        """The object decompressed to Explicit VR Little Endian (PS3.5 A.2)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds: Dataset = pydicom.dcmread(path)
-        try:
-            if ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress(generate_instance_uid=False)
-            else:
-                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        except Exception as exc:
-            raise UndecodablePixelData(f"cannot decompress: {exc}") from None
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True, little_endian=True, implicit_vr=False)
-        return buf.getvalue()
+
+def _guarded(frames_iter: Iterator[bytes]) -> Iterator[bytes]:
+    """Turn a failure while producing frames into :class:`UndecodablePixelData` (406)."""
+    try:
+        yield from frames_iter
+    except (CodecError, DicomhubError):
+        raise
+    except Exception as exc:
+        raise UndecodablePixelData(f"cannot read the frames: {exc}") from None

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
+from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
@@ -48,7 +48,6 @@ from dicomhub.codecs.registry import CodecError, PixelFormat
 from dicomhub.core import syntaxes
 
 __all__ = [
-    "DIGEST_ALGORITHM",
     "CanonicalPixels",
     "TranscodeResult",
     "canonical_pixels",
@@ -58,7 +57,6 @@ __all__ = [
     "transcode_bytes",
 ]
 
-DIGEST_ALGORITHM = "sha256-canonical-pixels-v1"
 _NATIVE = frozenset({syntaxes.ILE, syntaxes.ELE, syntaxes.DEFLATED_ELE, syntaxes.EBE})
 _MAX_BOT = 0xFFFFFFFF  # Basic Offset Table offsets are 32-bit (PS3.5 §A.4)
 
@@ -244,20 +242,13 @@ def native_digest_from_parsed(path: Path, parsed: Any) -> tuple[str, int] | None
     if str(meta.get("00280004", {}).get("Value", [""])[0]).strip() == "YBR_FULL_422":
         return None
     total = rows * columns * samples * (bits // 8) * frames
-    h = hashlib.sha256()
     with path.open("rb") as fh:
         fh.seek(offset - 4)
         length = int.from_bytes(fh.read(4), "little")
         if length == 0xFFFFFFFF or total > length:
             return None
-        left = total
-        while left:
-            chunk = fh.read(min(left, 1 << 20))
-            if not chunk:
-                return None
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest(), planar
+        digest = _sha256_range(fh, offset, total)
+    return (digest, planar) if digest is not None else None
 
 
 def _native_digest(info: frame_io.PixelDataInfo) -> str | None:
@@ -273,16 +264,22 @@ def _native_digest(info: frame_io.PixelDataInfo) -> str | None:
     total = (info.frame_bits // 8) * info.number_of_frames
     if total > info.value_length:
         return None  # truncated: let the frame reader report it
-    h = hashlib.sha256()
     with info.path.open("rb") as fh:
-        fh.seek(info.value_offset)
-        left = total
-        while left:
-            chunk = fh.read(min(left, 1 << 20))
-            if not chunk:
-                return None
-            h.update(chunk)
-            left -= len(chunk)
+        return _sha256_range(fh, info.value_offset, total)
+
+
+def _sha256_range(fh: BinaryIO, offset: int, length: int) -> str | None:
+    """SHA-256 of ``length`` bytes at ``offset`` read in 1 MiB pieces; ``None`` if the file
+    ends first."""
+    h = hashlib.sha256()
+    fh.seek(offset)
+    left = length
+    while left:
+        chunk = fh.read(min(left, 1 << 20))
+        if not chunk:
+            return None
+        h.update(chunk)
+        left -= len(chunk)
     return h.hexdigest()
 
 
@@ -540,11 +537,3 @@ def _as_list(value: Any) -> list[Any]:
     ):
         return list(value)
     return [value]
-
-
-def stored_fragments_count(path: Path) -> int:
-    """Number of frames in an encapsulated file (used by tests and the client)."""
-    info = frame_io.inspect_pixel_data(path)
-    with info.path.open("rb") as fp:
-        fp.seek(info.value_offset)
-        return sum(1 for _ in generate_frames(fp, number_of_frames=info.number_of_frames))

@@ -186,10 +186,6 @@ class PixelCodec(Protocol):
         """A consumer-format image (JPEG/PNG) of one frame."""
         ...
 
-    def to_explicit_le(self, path: Path) -> bytes:
-        """The whole object decompressed to Explicit VR Little Endian (PS3.5 A.2)."""
-        ...
-
     def bulk_value(self, path: Path, tag_path: Sequence[str]) -> bytes:
         """A bulk data value by tag path: ``["7FE00010"]``, ``["52009230", "0", …]``."""
         ...
@@ -207,15 +203,21 @@ class PixelCodec(Protocol):
         self,
         path: Path,
         transfer_syntax_uid: str,
-        dst: Path | None = None,
         *,
         planar_configuration: int | None = None,
         verify: bool = False,
         expected_digest: str | None = None,
     ) -> bytes:
         """The object in another transfer syntax (PS3.5 §10), losslessly unless the
-        syntax is lossy; written to ``dst`` (returning ``b""``) or returned.  Raises
-        :class:`~dicomhub.core.errors.CannotTranscode` when it cannot be done."""
+        syntax is lossy.  Raises :class:`~dicomhub.core.errors.CannotTranscode` when it
+        cannot be done faithfully."""
+        ...
+
+    def transcode_file(
+        self, path: Path, transfer_syntax_uid: str, dst: Path, *, expected_digest: str | None
+    ) -> StagedFile:
+        """Re-encode ``path`` into a new file ``dst``, decoded again and checked against
+        ``expected_digest`` (or the source's digest); its size and SHA-256 come back."""
         ...
 
     def frames_in(

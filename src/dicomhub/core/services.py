@@ -184,12 +184,8 @@ class StoreService:
         assert self.pixels is not None and self.ingest_transfer_syntax is not None
         out = self.blobs.staging_dir() / f"{uuid.uuid4().hex}.part"
         try:
-            self.pixels.transcode(
-                staged.path,
-                self.ingest_transfer_syntax,
-                out,
-                verify=True,
-                expected_digest=parsed.pixel_digest,
+            transcoded = self.pixels.transcode_file(
+                staged.path, self.ingest_transfer_syntax, out, expected_digest=parsed.pixel_digest
             )
             new_parsed = self.reader.read(out)
         except (CannotTranscode, StoreFailure) as exc:
@@ -201,12 +197,8 @@ class StoreService:
         new_parsed.original_transfer_syntax_uid = parsed.original_transfer_syntax_uid
         new_parsed.original_planar_configuration = parsed.original_planar_configuration
         new_parsed.warnings = parsed.warnings
-        digest = hashlib.sha256()
-        with out.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
         staged.path.unlink()
-        return StagedFile(out, out.stat().st_size, digest.hexdigest()), new_parsed
+        return transcoded, new_parsed
 
     def _index_and_store(
         self,

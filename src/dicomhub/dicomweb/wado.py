@@ -116,42 +116,31 @@ async def _retrieve(
             )
     first = await run_in_threadpool(_render_instance, ctx, plans[0][0], plans[0][1])
     boundary = new_boundary()
-    syntaxes = {first[0]}
-
-    def _prepare(index: int) -> tuple[str, Iterator[bytes], list[bytes]] | None:
-        """One thread hop per instance: open (or transcode) it and, when it is small,
-        read it whole; ``None`` when it cannot be sent in any acceptable syntax."""
-        item, cands = plans[index]
-        if index == 0:
-            ts, data = first
-        else:
-            try:
-                ts, data = _render_instance(ctx, item, cands)
-            except CannotTranscode as exc:
-                log.warning("left %s out of a WADO-RS response: %s", item.sop_instance_uid, exc)
-                return None
-        if item.size <= WHOLE_READ_LIMIT:
-            return ts, iter(()), list(data)
-        return ts, data, []
 
     def _block(start: int) -> tuple[int, bytes, bytes, Iterator[bytes] | None]:
         """From instance ``start`` on, in one thread hop: the parts of consecutive small
-        instances joined into one block of up to BLOCK bytes (few large socket writes),
-        or — for a large instance — its part header and its chunk iterator."""
+        instances read whole and joined into one block of about BLOCK bytes (few large
+        socket writes), or — at a large instance — its part header and chunk iterator.
+        An instance that cannot be sent in any acceptable syntax is left out (logged)."""
         pieces: list[bytes] = []
         size = 0
         index = start
         while index < len(plans) and size < BLOCK:
-            prepared = _prepare(index)
+            item, cands = plans[index]
             index += 1
-            if prepared is None:
-                continue
-            ts, rest, head = prepared
+            if index == 1:
+                ts, data = first
+            else:
+                try:
+                    ts, data = _render_instance(ctx, item, cands)
+                except CannotTranscode as exc:
+                    log.warning("left %s out of a WADO-RS response: %s", item.sop_instance_uid, exc)
+                    continue
             header = part_header(boundary, f"application/dicom; transfer-syntax={ts}")
-            if not head and plans[index - 1][0].size > WHOLE_READ_LIMIT:
-                return index, b"".join(pieces), header, rest
-            pieces += [header, *head, b"\r\n"]
-            size += sum(len(p) for p in head)
+            if item.size > WHOLE_READ_LIMIT:
+                return index, b"".join(pieces), header, data
+            pieces += [header, *data, b"\r\n"]
+            size += item.size
         return index, b"".join(pieces), b"", None
 
     async def _body() -> AsyncIterator[bytes]:
@@ -168,10 +157,8 @@ async def _retrieve(
         yield closing(boundary)
 
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    if len(plans) == 1 or all(
-        c[0] not in (AS_STORED,) and c[0] == plans[0][1][0] for _, c in plans
-    ):
-        media += f"; transfer-syntax={next(iter(syntaxes))}"
+    if len(plans) == 1:  # several instances may end up in different syntaxes
+        media += f"; transfer-syntax={first[0]}"
     return StreamingResponse(_body(), media_type=media)
 
 
