@@ -219,7 +219,8 @@ between runs is normal here): compare columns within one table, not across dates
 | Durable write here | {m["fsync_ms"]} ms median to write 512 KiB + fsync file + fsync directory |
 | dicomhub | {v["dicomhub"]} (Python {m["python"]}, uvicorn {v["uvicorn"]}, SQLite index) |
 | Orthanc | {v["orthanc"]} (Debian {v["orthanc_deb"]}), DICOMweb plugin {v["orthanc_dicomweb"]} |
-| Client | requests {v["requests"]}, pydicom {v["pydicom"]}, numpy {v["numpy"]} |
+| Client | requests {v["requests"]}, pydicom {v["pydicom"]}, numpy {v["numpy"]}; \
+DCMTK storescu {v.get("storescu", "?")} |
 
 ## Methodology
 
@@ -245,6 +246,28 @@ between runs is normal here): compare columns within one table, not across dates
   `/tools/lookup` then `DELETE /studies/{{id}}`), so each run ingests fresh.
   {p["runs"]} runs, median. The small studies are then loaded once the same way
   (4 clients × 100 instances per request), also reported.
+- **C-STORE.** The same CT series sent to each server's DICOM port by DCMTK
+  `storescu` {v.get("storescu", "")}: 1 association (one `storescu` process sending
+  every file) and 4 associations in parallel (4 processes, the series split into 4
+  groups of consecutive slices); instances/s from the start of the processes until
+  the last one has exited (association release included). The same options for both
+  servers: `{p.get("storescu_options", "storescu -xe -R")}` (Explicit VR Little Endian
+  proposed first, i.e. sent as stored, no conversion; CT Image Storage only;
+  storescu's default 16 KiB receive PDU, the data PDUs being bounded by what each
+  server announces: Orthanc's default `MaximumPduLength` 16 KiB, dicomhub's default
+  `max_pdu` 256 KiB) and `TCP_NODELAY=1` in storescu's environment (DCMTK then
+  disables Nagle's algorithm; without it every C-STORE waits ~50 ms for a delayed
+  ACK). Called AE titles: `DICOMHUB` (dicomhub's `ae_title` default) and `ORTHANC`.
+  dicomhub accepts associations only from registered devices: the calling AE title
+  is registered once with `dicomhub device add … --subscriber default --ae-title
+  {p.get("storescu_aet", "BENCHSTORESCU")} --address 127.0.0.1` on its data
+  directory, as an operator would; Orthanc accepts C-STORE from any AE title by
+  default (`DicomAlwaysAllowStore`). The study is deleted before each run; a run
+  counts only if every `storescu` exits with status 0 and prints no error, and
+  QIDO-RS then shows the study with all {p["slices"]} instances
+  (`NumberOfStudyRelatedInstances`). {p["runs"]} runs, median; server CPU per
+  instance over all C-STORE runs. The last
+  run leaves the series stored once for the retrieve workloads.
 - **QIDO-RS.** `GET /studies?…` with {p["queries"]} different queries per kind and
   run, sequential, {p["qido_runs"]} runs: by PatientID, by PatientName prefix
   wildcard (`NAME*`, the `*` sent unencoded), by StudyDate range (7 days), by

@@ -1,7 +1,7 @@
 """``make bench``: dicomhub side by side with Orthanc — same machine, same run, same data.
 
 Installs Orthanc if missing, generates the data, starts every server on a loopback
-port, runs the workloads (STOW-RS, QIDO-RS, WADO-RS series, metadata, frames), prints
+port, runs the workloads (STOW-RS, C-STORE, QIDO-RS, WADO-RS series, metadata, frames), prints
 the table and writes ``bench/results/latest.json`` and ``docs/benchmarks.md``.
 Everything it starts is stopped and its temporary directory removed, also on Ctrl-C.
 """
@@ -54,7 +54,8 @@ PEER = "orthanc"
 FRAME_BYTES = data.CT_SIZE * data.CT_SIZE * 2
 DICOM_JSON = workloads.DICOM_JSON
 FRAMES = workloads.FRAMES_ACCEPT
-WORKLOADS = ("stow", "qido", "wado", "metadata", "frames")
+WORKLOADS = ("stow", "cstore", "qido", "wado", "metadata", "frames")
+CSTORE_ASSOCIATIONS = (1, 4)
 QIDO_TARGET = "≥10× faster; p95 ≤20 ms at ≥100k inst."
 _t0 = time.monotonic()
 
@@ -266,6 +267,102 @@ class Bench:
         )
         cpu.values = dict(self.cpu_ms_per_op().get("STOW-RS CT instance", {}))
         self.ct_stored = True
+
+    def cstore_ct(self) -> None:
+        """C-STORE of the CT series with DCMTK storescu: 1 association, then 4 in parallel
+        (4 processes, the series split in 4 consecutive groups); study deleted before each
+        run, every instance checked to have arrived after it."""
+        a = self.args
+        paths = [i.path for i in self.ct.instances]
+        n = len(paths)
+        study = self.ct.study_instance_uid
+        rows = {
+            1: self.metric(
+                "cstore_ct_1assoc",
+                "C-STORE CT series, 1 association (storescu)",
+                "inst/s",
+                True,
+                "≥1× Orthanc",
+            ),
+            4: self.metric(
+                "cstore_ct_4assoc",
+                "C-STORE CT series, 4 associations in parallel (storescu)",
+                "inst/s",
+                True,
+            ),
+        }
+        groups = {
+            k: [paths[i * n // k : (i + 1) * n // k] for i in range(k)] for k in CSTORE_ASSOCIATIONS
+        }
+        ready = [
+            srv
+            for srv in self.servers
+            if self.attempt(srv, "C-STORE set-up", self._cstore_setup, srv) is not None
+        ]
+        complete: dict[str, bool] = {}  # server -> the last run left the whole series
+        with session() as s:
+            for run in range(a.runs):
+                rates: dict[tuple[int, str], float] = {}
+                for assocs, m in rows.items():
+                    for srv in ready:
+                        complete[srv.name] = False
+                        if not self.attempt(srv, "delete study", _delete_study, srv, s, study):
+                            continue
+                        port, called = srv.dicom_endpoint()
+                        secs = self.measure(
+                            srv,
+                            "C-STORE CT instance",
+                            n,
+                            workloads.cstore,
+                            "127.0.0.1",
+                            port,
+                            called,
+                            groups[assocs],
+                        )
+                        stored = self.attempt(
+                            srv, "C-STORE check", workloads.study_instance_count, s, srv.base, study
+                        )
+                        complete[srv.name] = stored == n
+                        if stored is not None and stored != n:
+                            note = (
+                                f"{srv.name}: C-STORE run {run + 1}, {assocs} association(s): "
+                                f"the study holds {stored} instances afterwards, expected {n}"
+                            )
+                            log("ERROR " + note)
+                            self.notes.append(note)
+                        elif secs and stored == n:
+                            m.runs.setdefault(srv.name, []).append(n / secs)
+                            rates[assocs, srv.name] = n / secs
+                log(
+                    f"C-STORE run {run + 1}/{a.runs}: "
+                    + ", ".join(
+                        f"{srv.name} {rates.get((1, srv.name), float('nan')):.0f}"
+                        f"/{rates.get((4, srv.name), float('nan')):.0f}"
+                        for srv in self.servers
+                    )
+                    + " inst/s (1/4 associations)"
+                )
+        for m in rows.values():
+            m.values = {k: workloads.median(v) for k, v in m.runs.items()}
+        cpu = self.metric(
+            "cstore_ct_cpu", "Server CPU per stored CT instance (all C-STORE runs)", "ms", False
+        )
+        cpu.values = dict(self.cpu_ms_per_op().get("C-STORE CT instance", {}))
+        # later workloads expect the series stored once: redo it where the last run did not
+        bodies = workloads.stow_bodies(paths, 50)
+        for srv in self.servers:
+            if not complete.get(srv.name):
+                log(f"{srv.name}: storing the CT series again with STOW-RS for later workloads")
+                with session() as s:
+                    self.attempt(srv, "delete study", srv.delete_study, s, study)
+                self.attempt(srv, "CT ingest", workloads.stow, srv.base, bodies, 4)
+        self.ct_stored = True
+
+    def _cstore_setup(self, srv: Server) -> bool:
+        """Make the server accept C-STORE from the bench's storescu (calling AE title)."""
+        srv.dicom_endpoint()
+        srv.allow_calling_ae(workloads.STORESCU_AET)
+        return True
 
     def ingest_ct(self) -> None:
         """Store the CT series once, untimed (when the STOW-RS workload is skipped)."""
@@ -567,6 +664,7 @@ class Bench:
                 "requests": package_version("requests"),
                 "pydicom": package_version("pydicom"),
                 "numpy": package_version("numpy"),
+                "storescu": workloads.storescu_version(),
             },
             "params": {
                 "quick": a.quick,
@@ -582,6 +680,8 @@ class Bench:
                 "dicomhub_workers": a.worker_counts,
                 "dicomhub_log_level": a.dicomhub_log_level,
                 "workloads": a.selected,
+                "storescu_options": " ".join(["storescu", *workloads.STORESCU_OPTIONS]),
+                "storescu_aet": workloads.STORESCU_AET,
                 "dicomhub_auth": any(
                     isinstance(s, Dicomhub) and s.authenticated for s in self.servers
                 ),
@@ -608,6 +708,12 @@ def _get_all(
     return [workloads.timed_get(s, url, accept) for url in urls]
 
 
+def _delete_study(srv: Server, s: requests.Session, study: str) -> bool:
+    """Delete the study (absent is fine); True once done."""
+    srv.delete_study(s, study)
+    return True
+
+
 def _raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -626,7 +732,9 @@ def main(argv: list[str] | None = None) -> int:
         selected = args.selected
         if "stow" in selected:
             bench.stow_ct()
-        elif {"wado", "metadata", "frames"} & set(selected):
+        if "cstore" in selected:
+            bench.cstore_ct()  # leaves the CT series stored once, as stow_ct does
+        elif "stow" not in selected and {"wado", "metadata", "frames"} & set(selected):
             bench.ingest_ct()
         if "qido" in selected:
             bench.load_small()

@@ -237,6 +237,13 @@ class Server:
         """Delete a study if it is present."""
         raise NotImplementedError
 
+    def dicom_endpoint(self) -> tuple[int, str]:
+        """The DICOM (DIMSE) port on 127.0.0.1 and the called AE title."""
+        raise NotImplementedError(f"{self.name} has no DICOM port")
+
+    def allow_calling_ae(self, ae_title: str) -> None:
+        """Let a DICOM peer calling as ``ae_title`` from 127.0.0.1 store instances."""
+
     def instance_count(self, s: requests.Session) -> int:
         """Number of stored instances."""
         raise NotImplementedError
@@ -275,7 +282,9 @@ class Dicomhub(Server):
         self.workers = workers
         self.log_level = log_level
         self.dimse_port = free_port()
+        self.ae_title = "DICOMHUB"  # the default of the ``ae_title`` setting
         self.authenticated = False
+        self.devices: dict[str, str] = {}  # calling AE title -> registered device name
 
     def command(self) -> list[str]:
         """``dicomhub serve --data-dir … --http-port … [--workers N]``."""
@@ -334,6 +343,49 @@ class Dicomhub(Server):
         if r.status_code not in (200, 202, 204, 404):
             raise RuntimeError(f"{self.name}: DELETE study -> {r.status_code} {r.text[:200]}")
 
+    def dicom_endpoint(self) -> tuple[int, str]:
+        """``--dimse-port`` and the default AE title."""
+        if not _serve_supports("--dimse-port"):
+            raise RuntimeError("this dicomhub has no DIMSE edge (no serve --dimse-port)")
+        return self.dimse_port, self.ae_title
+
+    def allow_calling_ae(self, ae_title: str) -> None:
+        """Register a device for the AE title, as an operator does on the server's host.
+
+        dicomhub's DIMSE edge rejects associations from calling AE titles that are not a
+        registered device (A-ASSOCIATE-RJ, calling AE title not recognised); a device
+        stores into its subscriber's studies.  ``dicomhub device add`` on the data
+        directory, in the subscriber ``default`` that also holds the admin's STOW-RS
+        uploads, allowed from 127.0.0.1 only.  The API key it prints is not kept.
+        """
+        if ae_title in self.devices:
+            return
+        name = f"bench-{ae_title.lower()}"
+        cmd = [
+            str(VENV_BIN / "dicomhub"),
+            "device",
+            "add",
+            name,
+            "--data-dir",
+            str(self.workdir / "data"),
+            "--subscriber",
+            "default",
+            "--ae-title",
+            ae_title,
+            "--address",
+            "127.0.0.1",
+            "--json",
+        ]
+        r = subprocess.run(
+            cmd, capture_output=True, text=True, env=self.env(), cwd=self.workdir, timeout=120
+        )
+        if r.returncode != 0:
+            raise RuntimeError(
+                f"{self.name}: dicomhub device add -> exit status {r.returncode}: "
+                f"{r.stderr.strip()[-300:]}"
+            )
+        self.devices[ae_title] = name
+
     def secrets(self) -> list[str]:
         """Tokens and the first-start admin password."""
         found = super().secrets()
@@ -371,6 +423,7 @@ class Orthanc(Server):
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
         self.dicom_port = free_port()
+        self.dicom_aet = "ORTHANC"
         self.config_path = workdir / "orthanc.json"
         self.config: dict[str, Any] = {}
         self.plugin_version = "?"
@@ -384,6 +437,7 @@ class Orthanc(Server):
             "IndexDirectory": str(self.workdir / "index"),
             "HttpPort": self.port,
             "DicomPort": self.dicom_port,
+            "DicomAet": self.dicom_aet,  # its default; C-STORE from any AE title is accepted
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "Plugins": [str(dicomweb_plugin())],
@@ -419,6 +473,10 @@ class Orthanc(Server):
             if item.get("Type") == "Study":
                 d = s.delete(f"{self.origin}/studies/{item['ID']}", timeout=120)
                 d.raise_for_status()
+
+    def dicom_endpoint(self) -> tuple[int, str]:
+        """``DicomPort`` and ``DicomAet``."""
+        return self.dicom_port, self.dicom_aet
 
     def instance_count(self, s: requests.Session) -> int:
         """From /statistics."""

@@ -1,13 +1,17 @@
-"""The timed workloads: STOW-RS, QIDO-RS, WADO-RS (series, metadata, frames).
+"""The timed workloads: STOW-RS, C-STORE, QIDO-RS, WADO-RS (series, metadata, frames).
 
-Every function talks plain HTTP to a DICOMweb root URL, so the same code measures
-every server.  Times are wall-clock (``time.perf_counter``) from the client's side and
-include receiving the whole response body.
+Every HTTP function talks plain HTTP to a DICOMweb root URL and C-STORE goes through
+DCMTK's ``storescu``, so the same code measures every server.  Times are wall-clock
+(``time.perf_counter``) from the client's side and include receiving the whole response
+body (HTTP) or the last C-STORE response and the association release (DIMSE).
 """
 
 from __future__ import annotations
 
+import os
 import queue
+import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -27,6 +31,13 @@ FRAMES_ACCEPT = (
     'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
 )
 CHUNK = 1 << 20
+#: The bench's C-STORE SCU: calling AE title and the options, the same for every server.
+STORESCU_AET = "BENCHSTORESCU"
+#: Propose Explicit VR Little Endian first (the files' syntax: sent as stored, no
+#: conversion), CT Image Storage only (-R), one association per process; storescu's
+#: default PDU receive size (16 KiB; it only bounds the small C-STORE responses, the
+#: data PDUs are bounded by the size each server announces).
+STORESCU_OPTIONS = ("-xe", "-R")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -120,6 +131,97 @@ def stow(base: str, bodies: Sequence[StowBody | Sequence[Path]], clients: int) -
     if errors:
         raise errors[0]
     return elapsed
+
+
+def storescu_version() -> str:
+    """DCMTK's version from ``storescu --version`` ('?' if it is not installed)."""
+    exe = shutil.which("storescu")
+    if exe is None:
+        return "?"
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    for word in out.split():
+        if word.startswith("v") and word[1:2].isdigit():
+            return word[1:]
+    return "?"
+
+
+def storescu_command(host: str, port: int, called_aet: str, paths: Sequence[Path]) -> list[str]:
+    """The ``storescu`` command line sending ``paths`` on one association."""
+    exe = shutil.which("storescu")
+    if exe is None:
+        raise RuntimeError("storescu not found (install DCMTK: apt-get install dcmtk)")
+    return [
+        exe,
+        *STORESCU_OPTIONS,
+        "-aet",
+        STORESCU_AET,
+        "-aec",
+        called_aet,
+        host,
+        str(port),
+        *(str(p) for p in paths),
+    ]
+
+
+def cstore(host: str, port: int, called_aet: str, groups: Sequence[Sequence[Path]]) -> float:
+    """Send each group of files with its own ``storescu`` process (one association each),
+    all at once; seconds until the last one has finished.
+
+    ``TCP_NODELAY=1`` in storescu's environment: DCMTK then disables Nagle's algorithm
+    (without it every C-STORE waits ~40-50 ms for the peer's delayed ACK).  A non-zero
+    exit status, or an error or failure status in storescu's output, raises.
+    """
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    commands = [storescu_command(host, port, called_aet, g) for g in groups if g]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        for cmd in commands
+    ]
+    outputs: list[tuple[int, str]] = []
+    try:
+        for proc in procs:
+            raw, _ = proc.communicate(timeout=900)
+            outputs.append((proc.returncode, raw.decode(errors="replace")))
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"storescu still running after {exc.timeout:.0f} s") from None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    elapsed = time.perf_counter() - start
+    for code, out in outputs:
+        problems = [
+            line for line in out.splitlines() if line.startswith(("E:", "F:")) or "Failed" in line
+        ]
+        if code != 0 or problems:
+            detail = " | ".join((problems or out.strip().splitlines())[-3:])
+            raise RuntimeError(f"storescu exit status {code}: {detail[:300]}")
+    return elapsed
+
+
+def study_instance_count(s: requests.Session, base: str, study: str) -> int:
+    """NumberOfStudyRelatedInstances of a study from QIDO-RS (0 when it is absent)."""
+    r = s.get(
+        f"{base}/studies?StudyInstanceUID={study}&includefield=00201208",
+        headers={"Accept": DICOM_JSON},
+        timeout=120,
+    )
+    if r.status_code == 204 or not r.content:
+        return 0
+    if r.status_code != 200:
+        raise RuntimeError(f"QIDO-RS study -> HTTP {r.status_code}: {r.text[:200]}")
+    found = r.json()
+    if not found:
+        return 0
+    return int(found[0].get("00201208", {}).get("Value", [0])[0])
 
 
 def qido(s: requests.Session, urls: Sequence[str]) -> tuple[list[float], list[int]]:
