@@ -454,3 +454,56 @@ def test_cli_errors_are_clear(server: LiveServer, tmp_path: Path) -> None:
     assert proc.returncode == 1 and "401" in proc.stderr
     for p in (proc,):
         assert "Traceback" not in p.stderr
+
+
+def test_push_never_sends_pixels_its_encoder_got_wrong(
+    server: LiveServer, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In: a native CT and MR pushed with HTJ2K while the encoder is made to encode every
+    frame with one sample changed (a valid codestream of other pixels).  The client decodes
+    what it encoded before sending, sees the difference and sends the originals as they
+    are; the server's digests match the originals."""
+    from dicomhub.codecs import registry
+
+    real = registry.encode_frame
+
+    def wrong(uid: str, arr: object, fmt: registry.PixelFormat) -> bytes:
+        import numpy as np
+
+        changed = np.array(arr, copy=True)
+        changed.flat[0] = changed.flat[0] ^ 1
+        return real(uid, changed, fmt)
+
+    monkeypatch.setattr(registry, "encode_frame", wrong)
+    paths = [next(folder.rglob("*CT1_UNC")), next(folder.rglob("*MR2_UNC"))]
+    with DicomhubClient(server.url, server.token) as client:
+        pushed = client.push(paths, syntax=syntaxes.HTJ2K_LOSSLESS)
+    for f in pushed.files:
+        assert f.ok and f.verified is True, (f.path, f.message)
+        assert f.sent_syntax == syntaxes.ELE, f.path  # sent as stored, not HTJ2K
+    assert pushed.bytes_sent == pushed.bytes_original
+
+
+def test_push_reports_pixels_the_server_could_not_decode(
+    server: LiveServer, folder: Path
+) -> None:
+    """In: an RLE US pushed (HTJ2K on the wire), then its pixel digest erased from the
+    server's index as if the server had failed to decode what it received: verifying the
+    push again marks the file not verified, with the reason, instead of passing it."""
+    us = next(folder.rglob("*US1_RLE"))
+    with DicomhubClient(server.url, server.token) as client:
+        pushed = client.push([us])
+        (f,) = pushed.files
+        assert f.ok and f.verified is True, f.message
+        from sqlalchemy import text
+
+        with server.ctx.index.write_engine.begin() as conn:
+            conn.execute(
+                text("UPDATE instances SET pixel_digest = NULL WHERE sop_instance_uid = :u"),
+                {"u": f.sop_instance_uid},
+            )
+        f.verified = None
+        client._verify_push(pushed)
+    assert f.verified is False
+    assert "could not decode" in f.message
+    assert pushed.failed == [f]

@@ -303,7 +303,11 @@ class DicomhubClient:
                 and stored in syntaxes.LOSSLESS_SOURCES
             ):
                 try:
-                    data = transcode.transcode_bytes(path, syntax)
+                    # decode what was encoded before it leaves: a faulty encoder must
+                    # never put different pixels on the wire (sent as is instead)
+                    data = transcode.transcode_bytes(
+                        path, syntax, verify=True, expected_digest=digest
+                    )
                     sent = syntax
                 except (CannotTranscode, DicomhubError) as exc:
                     log.info("%s: sent as is (%s)", path, exc)
@@ -404,7 +408,12 @@ class DicomhubClient:
                     continue
                 local = f.original_digest
                 rec = records.get(f.sop_instance_uid)
-                if rec is None or local is None or rec.get("PixelDigest") is None:
+                if rec is None or local is None:
+                    continue
+                if rec.get("PixelDigest") is None:
+                    # the server keeps digests but could not decode what it received
+                    f.verified = False
+                    f.message = "the server could not decode the pixel data it received"
                     continue
                 f.verified = rec["PixelDigest"] == local
                 if not f.verified:
