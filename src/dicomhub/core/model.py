@@ -60,6 +60,27 @@ BULK_BASE = "@@DICOMHUB_BASE@@"
 """Placeholder stored in BulkDataURIs; replaced by the request's DICOMweb base URL."""
 
 
+@dataclass
+class ReceivedObject:
+    """A staged object of a request with what its sender says its original encoding was
+    (a client that re-encoded it losslessly before sending; recorded only)."""
+
+    staged: StagedFile
+    original_transfer_syntax_uid: str | None = None
+    original_planar_configuration: int | None = None
+
+
+@dataclass
+class IndexedInstance:
+    """One instance to index: what was parsed, the staged file's size and digest, and
+    where the blob store keeps it, in which owner's namespace."""
+
+    parsed: ParsedInstance
+    staged: StagedFile
+    storage_key: str
+    owner_pk: int
+
+
 @dataclass(frozen=True)
 class StoredInstance:
     """An instance as the index knows it: enough to stream or decode it."""

@@ -13,6 +13,7 @@ from typing import Protocol
 from dicomhub.core.access import AccessScope
 from dicomhub.core.attributes import Level
 from dicomhub.core.model import (
+    IndexedInstance,
     ParsedInstance,
     QueryRow,
     RemoteNode,
@@ -27,6 +28,13 @@ class BlobStore(Protocol):
 
     def put_file(self, key: str, source: Path, *, fsync: bool = True) -> None:
         """Make ``source`` durable under ``key``; ``source`` is consumed (moved or deleted)."""
+        ...
+
+    def put_files(
+        self, items: Sequence[tuple[str, Path]], *, fsync: bool = True
+    ) -> list[OSError | None]:
+        """:meth:`put_file` for many (key, source) pairs with one durability barrier; per
+        item ``None`` or the error that kept it from being stored (source left behind)."""
         ...
 
     def open(self, key: str) -> Iterator[bytes]:
@@ -79,6 +87,19 @@ class Index(Protocol):
 
     def find_instance(self, sop_instance_uid: str, owner_pk: int) -> StoredInstance | None:
         """Look up an instance by SOP Instance UID within an owner's namespace."""
+        ...
+
+    def find_instances(
+        self, sop_instance_uids: Sequence[str], owner_pk: int
+    ) -> dict[str, StoredInstance]:
+        """The instances among ``sop_instance_uids`` in an owner's namespace, by UID."""
+        ...
+
+    def add_instances(self, items: Sequence[IndexedInstance]) -> None:
+        """Insert instances (creating studies and series) in one transaction, all or none.
+
+        Raises :class:`DuplicateInstance` if one SOP Instance UID is already indexed.
+        """
         ...
 
     def add_instance(

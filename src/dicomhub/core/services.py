@@ -13,7 +13,8 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from dicomhub.core.dicomjson import row_to_json
 from dicomhub.core.errors import CannotTranscode, InvalidRequest, NotFound, StoreFailure
 from dicomhub.core.model import (
     BULK_BASE,
+    IndexedInstance,
     ParsedInstance,
+    ReceivedObject,
     RemoteNode,
     StagedFile,
     Status,
@@ -55,6 +58,18 @@ def storage_key(owner: int, study: str, series: str, sop: str, sha256: str) -> s
     """
     h2 = hashlib.sha1(study.encode()).hexdigest()[:2]
     return f"{owner}/{h2}/{study}/{series}/{sop}.{sha256[:12]}.dcm"
+
+
+@dataclass
+class _Ready:
+    """An object of a group store that passed validation (StoreService.store_many)."""
+
+    index: int
+    parsed: ParsedInstance
+    staged: StagedFile
+    outcome: StoreOutcome
+    owner: int = 0
+    key: str = field(default="")
 
 
 class StoreService:
@@ -119,6 +134,145 @@ class StoreService:
             with contextlib.suppress(FileNotFoundError):
                 staged.path.unlink()
 
+    def store_many(
+        self,
+        received: Sequence[ReceivedObject],
+        expected_study_uid: str | None = None,
+        *,
+        access: AccessScope = SYSTEM,
+    ) -> list[StoreOutcome]:
+        """Store the objects of one request (a STOW-RS body) with one durability barrier
+        and one index transaction (group commit); one outcome per object, in order.
+
+        Same semantics as calling :meth:`store` for each: every object is validated on
+        its own, a failure of one does not fail the others, blobs are durable before the
+        index commits, and all staged files are consumed.  Duplicates, overwrites and
+        anything the group transaction refuses go the one-by-one way.
+        """
+        outcomes: list[StoreOutcome | None] = [None] * len(received)
+        ready: list[_Ready] = []
+        leftovers: list[Path] = [r.staged.path for r in received]
+        try:
+            for i, r in enumerate(received):
+                try:
+                    prepared = self._prepare(
+                        r.staged,
+                        expected_study_uid,
+                        (None, None),
+                        (r.original_transfer_syntax_uid, r.original_planar_configuration),
+                    )
+                except StoreFailure as exc:
+                    outcomes[i] = StoreOutcome(status=exc.status, message=str(exc))
+                    continue
+                except Exception as exc:
+                    log.exception("store failed")
+                    outcomes[i] = StoreOutcome(
+                        status=Status.PROCESSING_FAILURE, message=f"processing failure: {exc}"
+                    )
+                    continue
+                if isinstance(prepared, StoreOutcome):
+                    outcomes[i] = prepared
+                    continue
+                parsed, staged, outcome = prepared
+                leftovers.append(staged.path)
+                ready.append(_Ready(i, parsed, staged, outcome))
+            try:
+                self._commit_group(ready, outcomes, access)
+            except Exception as exc:  # the index cannot be read: nothing was placed yet
+                log.exception("group store failed")
+                for r in ready:
+                    if outcomes[r.index] is None:
+                        outcomes[r.index] = StoreOutcome(
+                            status=Status.PROCESSING_FAILURE,
+                            message=f"processing failure: {exc}",
+                        )
+        finally:
+            for path in leftovers:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return [
+            o
+            if o is not None
+            else StoreOutcome(status=Status.PROCESSING_FAILURE, message="not processed")
+            for o in outcomes
+        ]
+
+    def _commit_group(
+        self, ready: list[_Ready], outcomes: list[StoreOutcome | None], access: AccessScope
+    ) -> None:
+        """Blobs of ``ready`` in place (one fsync per directory), then one index insert."""
+        if not ready:
+            return
+        default = self.index.default_owner()
+        owners: dict[str, int] = {}
+        for r in ready:
+            study = r.parsed.study_instance_uid
+            if study not in owners:
+                owners[study] = self.index.store_owner(study, access, default)
+            r.owner = owners[study]
+        existing: dict[int, dict[str, StoredInstance]] = {}
+        for owner in set(owners.values()):
+            sops = [r.parsed.sop_instance_uid for r in ready if r.owner == owner]
+            existing[owner] = self.index.find_instances(sops, owner)
+        group: list[_Ready] = []
+        singles: list[_Ready] = []
+        seen: set[tuple[int, str]] = set()
+        for r in ready:
+            ident = (r.owner, r.parsed.sop_instance_uid)
+            if ident in seen or r.parsed.sop_instance_uid in existing[r.owner]:
+                singles.append(r)  # duplicate handling needs the one-by-one path
+                continue
+            seen.add(ident)
+            r.key = storage_key(
+                r.owner,
+                r.parsed.study_instance_uid,
+                r.parsed.series_instance_uid,
+                r.parsed.sop_instance_uid,
+                r.staged.sha256,
+            )
+            group.append(r)
+        errors = self.blobs.put_files([(r.key, r.staged.path) for r in group], fsync=self.fsync)
+        placed: list[_Ready] = []
+        for r, err in zip(group, errors, strict=True):
+            if err is not None:
+                r.outcome.status = Status.OUT_OF_RESOURCES
+                r.outcome.message = f"cannot write to storage: {err.strerror or err}"
+                outcomes[r.index] = r.outcome
+            else:
+                placed.append(r)
+        try:
+            self.index.add_instances(
+                [IndexedInstance(r.parsed, r.staged, r.key, r.owner) for r in placed]
+            )
+        except Exception as exc:  # e.g. a concurrent store of one of them: one by one
+            log.info("group index insert refused (%s); indexing one by one", exc)
+            for r in placed:
+                outcomes[r.index] = self._guarded(
+                    self._index_placed, r.parsed, r.staged, r.outcome, r.owner, r.key
+                )
+        else:
+            for r in placed:
+                if r.outcome.warnings:
+                    r.outcome.status = Status.COERCION_OF_DATA_ELEMENTS
+                outcomes[r.index] = r.outcome
+        for r in singles:
+            outcomes[r.index] = self._guarded(
+                self._index_and_store, r.parsed, r.staged, r.outcome, access
+            )
+
+    @staticmethod
+    def _guarded(fn: Callable[..., StoreOutcome], *args: Any) -> StoreOutcome:
+        """``fn(*args)`` with failures turned into outcomes, as :meth:`store` does."""
+        try:
+            return fn(*args)
+        except StoreFailure as exc:
+            return StoreOutcome(status=exc.status, message=str(exc))
+        except Exception as exc:
+            log.exception("store failed")
+            return StoreOutcome(
+                status=Status.PROCESSING_FAILURE, message=f"processing failure: {exc}"
+            )
+
     def _store(
         self,
         staged: StagedFile,
@@ -127,6 +281,25 @@ class StoreService:
         access: AccessScope,
         original: tuple[str | None, int | None] = (None, None),
     ) -> StoreOutcome:
+        prepared = self._prepare(staged, expected_study_uid, expected, original)
+        if isinstance(prepared, StoreOutcome):
+            return prepared
+        parsed, staged, outcome = prepared
+        try:
+            return self._index_and_store(parsed, staged, outcome, access)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staged.path.unlink()  # a transcoded copy not moved into storage
+
+    def _prepare(
+        self,
+        staged: StagedFile,
+        expected_study_uid: str | None,
+        expected: tuple[str | None, str | None],
+        original: tuple[str | None, int | None],
+    ) -> StoreOutcome | tuple[ParsedInstance, StagedFile, StoreOutcome]:
+        """Parse and check one object, record its pixel digest and apply the ingest
+        policy: a failed outcome, or what to store (``staged`` may be a transcoded copy)."""
         parsed = self.reader.read(staged.path)
         outcome = StoreOutcome(
             status=Status.SUCCESS,
@@ -161,11 +334,7 @@ class StoreService:
             )
             if digest is not None and self._should_transcode(parsed.transfer_syntax_uid):
                 staged, parsed = self._transcode(staged, parsed)
-        try:
-            return self._index_and_store(parsed, staged, outcome, access)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                staged.path.unlink()  # a transcoded copy not moved into storage
+        return parsed, staged, outcome
 
     def _should_transcode(self, transfer_syntax_uid: str) -> bool:
         """Ingest policy: re-encode native and lossless encodings only (never lossy ones)."""
@@ -226,6 +395,17 @@ class StoreService:
             outcome.status = Status.OUT_OF_RESOURCES
             outcome.message = f"cannot write to storage: {exc.strerror or exc}"
             return outcome
+        return self._index_placed(parsed, staged, outcome, owner, key)
+
+    def _index_placed(
+        self,
+        parsed: ParsedInstance,
+        staged: StagedFile,
+        outcome: StoreOutcome,
+        owner: int,
+        key: str,
+    ) -> StoreOutcome:
+        """Index a blob already durable under ``key``; without its row it is removed."""
         try:
             self.index.add_instance(parsed, staged, key, owner)
         except DuplicateInstance:

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dicomhub.core.access import AccessScope
 from dicomhub.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from dicomhub.core.model import StagedFile, Status, StoreOutcome
+from dicomhub.core.model import ReceivedObject, StagedFile, Status, StoreOutcome
 from dicomhub.core.syntaxes import LOSSLESS_SOURCES
 from dicomhub.dicomweb.deps import BaseURL, Ctx, WriteAccess
 from dicomhub.dicomweb.multipart import (
@@ -188,27 +188,26 @@ async def _receive(request: Request, staging: Path, max_bytes: int) -> list[_Par
 def _store_all(
     ctx: Any, parts: list[_Part], study: str | None, access: AccessScope
 ) -> list[StoreOutcome]:
-    outcomes: list[StoreOutcome] = []
-    for part in parts:
+    """Store the DICOM parts of one request as a group (one durability barrier, one
+    index transaction); other parts fail with 0xC000 (PS3.18 §10.5.3)."""
+    outcomes: list[StoreOutcome | None] = [None] * len(parts)
+    received: list[ReceivedObject] = []
+    positions: list[int] = []
+    for i, part in enumerate(parts):
         if not part.accepted or part.path is None:
-            outcomes.append(
-                StoreOutcome(
-                    status=Status.CANNOT_UNDERSTAND,
-                    message=f"part of type '{part.content_type}' is not application/dicom",
-                )
+            outcomes[i] = StoreOutcome(
+                status=Status.CANNOT_UNDERSTAND,
+                message=f"part of type '{part.content_type}' is not application/dicom",
             )
             continue
         staged = StagedFile(part.path, part.size, part.hasher.hexdigest())
-        outcomes.append(
-            ctx.store.store(
-                staged,
-                study,
-                access=access,
-                original_transfer_syntax_uid=part.original_ts,
-                original_planar_configuration=part.original_pc,
-            )
-        )
-    return outcomes
+        received.append(ReceivedObject(staged, part.original_ts, part.original_pc))
+        positions.append(i)
+    for i, outcome in zip(
+        positions, ctx.store.store_many(received, study, access=access), strict=True
+    ):
+        outcomes[i] = outcome
+    return [o for o in outcomes if o is not None]
 
 
 async def _stow(

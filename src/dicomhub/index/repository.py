@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +34,13 @@ from sqlalchemy.pool import NullPool
 
 from dicomhub.core.access import SYSTEM, AccessScope
 from dicomhub.core.attributes import ATTRIBUTES, BY_PATH, PATIENT_KEYS, Level
-from dicomhub.core.model import ParsedInstance, QueryRow, StagedFile, StoredInstance
+from dicomhub.core.model import (
+    IndexedInstance,
+    ParsedInstance,
+    QueryRow,
+    StagedFile,
+    StoredInstance,
+)
 from dicomhub.core.ports import DuplicateInstance
 from dicomhub.core.query import Constraint, Match, Query, like_pattern
 from dicomhub.index import migrate
@@ -214,6 +220,25 @@ class SqlIndex:
             ).first()
         return _stored(row) if row else None
 
+    def find_instances(
+        self, sop_instance_uids: Sequence[str], owner_pk: int
+    ) -> dict[str, StoredInstance]:
+        """The instances of an owner's namespace among ``sop_instance_uids``, by UID."""
+        found: dict[str, StoredInstance] = {}
+        uids = list(dict.fromkeys(sop_instance_uids))
+        with self.engine.connect() as conn:
+            for i in range(0, len(uids), 500):
+                rows = conn.execute(
+                    self._stored_select().where(
+                        instances.c.sop_instance_uid.in_(uids[i : i + 500]),
+                        instances.c.owner_pk == owner_pk,
+                    )
+                )
+                for row in rows:
+                    stored = _stored(row)
+                    found[stored.sop_instance_uid] = stored
+        return found
+
     def store_owner(self, study_instance_uid: str, access: AccessScope, default_pk: int) -> int:
         """The namespace a store by ``access`` goes to (docs/security.md).
 
@@ -301,83 +326,116 @@ class SqlIndex:
         pk = conn.execute(select(table.c.pk).where(*where)).scalar_one()
         return int(pk), False
 
-    def _write_rows(
-        self, conn: Connection, parsed: ParsedInstance, staged: StagedFile, key: str, owner: int
-    ) -> None:
-        cols = parsed.columns
-        study_values = {a.column: cols.get(a.column) for a in _STUDY_COLUMNS if not a.computed}
-        for pn in ("patient_name", "referring_physician_name"):
-            study_values[pn + "_norm"] = cols.get(pn + "_norm")
-            study_values[pn + "_words"] = cols.get(pn + "_words")
-        study_values.update(num_series=0, num_instances=0, modalities_in_study=None, owner_pk=owner)
-        study_pk, _ = self._insert_or_get(
-            conn, studies, "study_instance_uid", parsed.study_instance_uid, study_values
-        )
-        # lock the study row so counters and ModalitiesInStudy stay consistent (PostgreSQL)
-        study_row = conn.execute(
-            select(studies.c.modalities_in_study).where(studies.c.pk == study_pk).with_for_update()
-        ).one()
-        series_values = {a.column: cols.get(a.column) for a in _SERIES_COLUMNS if not a.computed}
-        series_values.update(
-            owner_pk=owner,
-            study_pk=study_pk,
-            num_instances=0,
-            timezone_offset_from_utc=cols.get("timezone_offset_from_utc"),
-        )
-        series_pk, new_series = self._insert_or_get(
-            conn, series, "series_instance_uid", parsed.series_instance_uid, series_values
-        )
-        instance_values = {
-            a.column: cols.get(a.column) for a in _INSTANCE_COLUMNS if not a.computed
-        }
-        instance_values.update(
-            owner_pk=owner,
-            series_pk=series_pk,
-            study_pk=study_pk,
-            transfer_syntax_uid=parsed.transfer_syntax_uid,
-            storage_key=key,
-            size_bytes=staged.size,
-            sha256=staged.sha256,
-            pixel_data_offset=parsed.pixel_data_offset,
-            pixel_digest=parsed.pixel_digest,
-            original_transfer_syntax_uid=parsed.original_transfer_syntax_uid
-            or parsed.transfer_syntax_uid,
-            original_planar_configuration=parsed.original_planar_configuration,
-            metadata_json=compress_json(parsed.metadata),
-        )
-        conn.execute(instances.insert().values(**_clip(instances, instance_values)))
-        conn.execute(
-            update(series)
-            .where(series.c.pk == series_pk)
-            .values(num_instances=series.c.num_instances + 1)
-        )
-        modalities = study_row.modalities_in_study
-        modality = cols.get("modality")
-        if modality:
-            present = modalities.split("\\") if modalities else []
-            if modality not in present:
-                modalities = "\\".join(sorted([*present, modality]))
-        conn.execute(
-            update(studies)
-            .where(studies.c.pk == study_pk)
-            .values(
-                num_instances=studies.c.num_instances + 1,
-                num_series=studies.c.num_series + (1 if new_series else 0),
-                modalities_in_study=modalities[:256] if modalities else None,
-                updated_at=func.now(),
+    def _write_rows(self, conn: Connection, items: Sequence[IndexedInstance]) -> None:
+        """Insert instances with their studies and series: one study/series lookup, one
+        multi-row instance insert and one counter update per study and series touched."""
+        by_study: dict[tuple[int, str], list[IndexedInstance]] = {}
+        for item in items:
+            key = (item.owner_pk, item.parsed.study_instance_uid)
+            by_study.setdefault(key, []).append(item)
+        for (owner, study_uid), group in by_study.items():
+            cols = group[0].parsed.columns
+            study_values = {a.column: cols.get(a.column) for a in _STUDY_COLUMNS if not a.computed}
+            for pn in ("patient_name", "referring_physician_name"):
+                study_values[pn + "_norm"] = cols.get(pn + "_norm")
+                study_values[pn + "_words"] = cols.get(pn + "_words")
+            study_values.update(
+                num_series=0, num_instances=0, modalities_in_study=None, owner_pk=owner
             )
-        )
+            study_pk, _ = self._insert_or_get(
+                conn, studies, "study_instance_uid", study_uid, study_values
+            )
+            # lock the study row so counters and ModalitiesInStudy stay consistent (PostgreSQL)
+            study_row = conn.execute(
+                select(studies.c.modalities_in_study)
+                .where(studies.c.pk == study_pk)
+                .with_for_update()
+            ).one()
+            series_pks: dict[str, int] = {}
+            series_added: dict[int, int] = {}
+            new_series = 0
+            rows: list[dict[str, Any]] = []
+            modalities = study_row.modalities_in_study
+            present = modalities.split("\\") if modalities else []
+            for item in group:
+                parsed, cols = item.parsed, item.parsed.columns
+                series_uid = parsed.series_instance_uid
+                if series_uid not in series_pks:
+                    series_values = {
+                        a.column: cols.get(a.column) for a in _SERIES_COLUMNS if not a.computed
+                    }
+                    series_values.update(
+                        owner_pk=owner,
+                        study_pk=study_pk,
+                        num_instances=0,
+                        timezone_offset_from_utc=cols.get("timezone_offset_from_utc"),
+                    )
+                    series_pks[series_uid], created = self._insert_or_get(
+                        conn, series, "series_instance_uid", series_uid, series_values
+                    )
+                    new_series += 1 if created else 0
+                series_pk = series_pks[series_uid]
+                series_added[series_pk] = series_added.get(series_pk, 0) + 1
+                values = {a.column: cols.get(a.column) for a in _INSTANCE_COLUMNS if not a.computed}
+                values.update(
+                    owner_pk=owner,
+                    series_pk=series_pk,
+                    study_pk=study_pk,
+                    transfer_syntax_uid=parsed.transfer_syntax_uid,
+                    storage_key=item.storage_key,
+                    size_bytes=item.staged.size,
+                    sha256=item.staged.sha256,
+                    pixel_data_offset=parsed.pixel_data_offset,
+                    pixel_digest=parsed.pixel_digest,
+                    original_transfer_syntax_uid=parsed.original_transfer_syntax_uid
+                    or parsed.transfer_syntax_uid,
+                    original_planar_configuration=parsed.original_planar_configuration,
+                    metadata_json=compress_json(parsed.metadata),
+                )
+                rows.append(_clip(instances, values))
+                modality = cols.get("modality")
+                if modality and modality not in present:
+                    present = sorted([*present, modality])
+            conn.execute(instances.insert(), rows)  # executemany
+            for series_pk, n in series_added.items():
+                conn.execute(
+                    update(series)
+                    .where(series.c.pk == series_pk)
+                    .values(num_instances=series.c.num_instances + n)
+                )
+            joined = "\\".join(present) if present else None
+            conn.execute(
+                update(studies)
+                .where(studies.c.pk == study_pk)
+                .values(
+                    num_instances=studies.c.num_instances + len(group),
+                    num_series=studies.c.num_series + new_series,
+                    modalities_in_study=joined[:256] if joined else None,
+                    updated_at=func.now(),
+                )
+            )
 
     def add_instance(
         self, parsed: ParsedInstance, staged: StagedFile, storage_key: str, owner_pk: int
     ) -> None:
         """Insert one instance with its study and series, in one transaction."""
+        self.add_instances([IndexedInstance(parsed, staged, storage_key, owner_pk)])
+
+    def add_instances(self, items: Sequence[IndexedInstance]) -> None:
+        """Insert instances (with their studies and series) in one transaction: all or none.
+
+        Raises :class:`DuplicateInstance` when one of the SOP Instance UIDs is already
+        indexed in its owner's namespace (nothing of the batch is then written).
+        """
+        if not items:
+            return
         try:
             with self.write_engine.begin() as conn:
-                self._write_rows(conn, parsed, staged, storage_key, owner_pk)
+                self._write_rows(conn, items)
         except IntegrityError as exc:
-            if self.find_instance(parsed.sop_instance_uid, owner_pk) is not None:
-                raise DuplicateInstance(parsed.sop_instance_uid) from exc
+            for item in items:
+                if self.find_instance(item.parsed.sop_instance_uid, item.owner_pk) is not None:
+                    raise DuplicateInstance(item.parsed.sop_instance_uid) from exc
             raise
 
     def replace_instance(
@@ -394,7 +452,7 @@ class SqlIndex:
                 raise LookupError(parsed.sop_instance_uid)
             old = _stored(row)
             self._delete_in(conn, where)
-            self._write_rows(conn, parsed, staged, storage_key, owner_pk)
+            self._write_rows(conn, [IndexedInstance(parsed, staged, storage_key, owner_pk)])
         return old
 
     # -- reads ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from dicomhub.core.errors import NotFound
@@ -53,6 +53,47 @@ class FileSystemBlobStore:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+
+    def put_files(
+        self, items: Sequence[tuple[str, Path]], *, fsync: bool = True
+    ) -> list[OSError | None]:
+        """:meth:`put_file` for many objects, each directory fsynced once (group commit).
+
+        Every file is fsynced and renamed into place, then each directory that received
+        files is fsynced once: the objects are durable when this returns.  The result
+        holds, per item, ``None`` or the error that kept it from being stored (its
+        source is then left in staging for the caller to remove).
+        """
+        errors: list[OSError | None] = []
+        dirs: dict[Path, list[int]] = {}
+        for i, (key, source) in enumerate(items):
+            try:
+                target = self._path(key)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if fsync:
+                    fd = os.open(source, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                os.replace(source, target)
+            except OSError as exc:
+                errors.append(exc)
+                continue
+            errors.append(None)
+            dirs.setdefault(target.parent, []).append(i)
+        if fsync:
+            for directory, moved in dirs.items():
+                try:
+                    dfd = os.open(directory, os.O_RDONLY)
+                    try:
+                        os.fsync(dfd)
+                    finally:
+                        os.close(dfd)
+                except OSError as exc:  # not durable: report every object of the directory
+                    for i in moved:
+                        errors[i] = exc
+        return errors
 
     def open(self, key: str) -> Iterator[bytes]:
         """Stream the object in 1 MiB chunks."""
