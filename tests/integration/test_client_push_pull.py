@@ -484,9 +484,7 @@ def test_push_never_sends_pixels_its_encoder_got_wrong(
     assert pushed.bytes_sent == pushed.bytes_original
 
 
-def test_push_reports_pixels_the_server_could_not_decode(
-    server: LiveServer, folder: Path
-) -> None:
+def test_push_reports_pixels_the_server_could_not_decode(server: LiveServer, folder: Path) -> None:
     """In: an RLE US pushed (HTJ2K on the wire), then its pixel digest erased from the
     server's index as if the server had failed to decode what it received: verifying the
     push again marks the file not verified, with the reason, instead of passing it."""

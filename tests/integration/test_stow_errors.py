@@ -373,3 +373,51 @@ def test_mixed_batch_keeps_the_good_ones(server: LiveServer, tmp_path: Path) -> 
     assert server.ctx.index.count_instances() == 3
     assert len(stored_files(server)) == 3
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_one_request_mixing_new_known_and_conflicting_objects(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """In: the CT stored first; then one request with the same CT again, a copy of it with
+    another PatientName (same SOP Instance UID), three new slices of one new series of the
+    CT's study, an MR J2K and a US RLE of other studies.  The request is stored as a group:
+    each object gets its own outcome (identical → success, conflicting → 0x0111), the new
+    ones are all stored once, and the study and series counters count each exactly once."""
+    assert post(server, *stow_body([CT])).status_code == 200
+    changed = modified(CT, tmp_path, "ct2.dcm", PatientName="OTHER^NAME")
+    series_uid = pydicom.uid.generate_uid()
+    slices = [
+        modified(
+            CT,
+            tmp_path,
+            f"slice{i}.dcm",
+            SOPInstanceUID=pydicom.uid.generate_uid(),
+            SeriesInstanceUID=series_uid,
+            InstanceNumber=i + 1,
+        )
+        for i in range(3)
+    ]
+    for p in slices:  # keep the meta header consistent with the data set
+        ds = pydicom.dcmread(p)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(p)
+    r = post(server, *stow_body([CT, changed, *slices, MR_J2K, US_RLE]))
+    assert r.status_code == 202
+    assert failure_reasons(r) == [0x0111]
+    stored = r.json()["00081199"]["Value"]
+    assert len(stored) == 6  # the identical CT, three slices, MR, US
+    assert server.ctx.index.count_instances() == 6
+    assert len(stored_files(server)) == 6
+    ct_study = str(pydicom.dcmread(CT, stop_before_pixels=True).StudyInstanceUID)
+    study = http.get(
+        f"{server.url}/studies?StudyInstanceUID={ct_study}&includefield=00201206,00201208",
+        timeout=10,
+    ).json()[0]
+    assert study["00201206"]["Value"] == [2]  # NumberOfStudyRelatedSeries
+    assert study["00201208"]["Value"] == [4]  # NumberOfStudyRelatedInstances
+    series = http.get(
+        f"{server.url}/studies/{ct_study}/series?SeriesInstanceUID={series_uid}", timeout=10
+    ).json()[0]
+    assert series["00201209"]["Value"] == [3]  # NumberOfSeriesRelatedInstances
+    staging = server.ctx.settings.data_dir / "storage" / "staging"
+    assert list(staging.iterdir()) == []
