@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
@@ -213,6 +214,53 @@ def _str(ds: Dataset, path: str) -> str | None:
     return str(value)
 
 
+def _hex(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return f"{tag:08X}"
+
+
+#: JSON keys of the indexed attributes: ``Keyword`` or ``Sequence.Keyword`` paths.
+_JSON_PATHS: dict[str, tuple[str, ...]] = {}
+
+
+def _json_path(path: str) -> tuple[str, ...]:
+    keys = _JSON_PATHS.get(path)
+    if keys is None:
+        keys = _JSON_PATHS[path] = tuple(_hex(k) for k in path.split("."))
+    return keys
+
+
+def _json_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):  # PN (PS3.18 §F.2.2): groups joined as in PS3.5 §6.2.1
+        groups = [value.get(k, "") for k in ("Alphabetic", "Ideographic", "Phonetic")]
+        return "=".join(groups).rstrip("=")
+    return str(value)
+
+
+def _json_str(metadata: dict[str, Any], path: str) -> str | None:
+    """The value at ``path`` in DICOM JSON as the index stores it: text, multiple values
+    joined with backslashes, the first item of a sequence; None when absent or empty."""
+    keys = _json_path(path)
+    node: Any = metadata
+    for i, key in enumerate(keys):
+        elem = node.get(key) if isinstance(node, dict) else None
+        if not elem:
+            return None
+        values = elem.get("Value")
+        if not values:
+            return None
+        if i < len(keys) - 1:
+            node = values[0]
+            continue
+        text = "\\".join(_json_text(v) for v in values)
+        return text or None
+    return None
+
+
 def _person_name_words(name: str | None) -> str | None:
     """Normalized words of a person name for fuzzy matching (PS3.18 §8.3.4.1)."""
     if not name:
@@ -278,11 +326,18 @@ class DicomFileReader:
         if meta_sop and meta_sop != uids["SOPInstanceUID"]:
             # stored as received; the index uses the data set's SOPInstanceUID
             log.info("%s: MediaStorageSOPInstanceUID differs", uids["SOPInstanceUID"])
+        base = (
+            f"{BULK_BASE}/studies/{uids['StudyInstanceUID']}/series/"
+            f"{uids['SeriesInstanceUID']}/instances/{uids['SOPInstanceUID']}/bulkdata"
+        )
+        # one conversion of the data set (mostly straight from the raw bytes); the index
+        # columns are read from it
+        metadata = dicomjson_fast.convert(ds, base, self.bulk_data_threshold, _json_element)
         columns: dict[str, Any] = {}
         for attr in ATTRIBUTES:
             if attr.computed or attr.column in ("transfer_syntax_uid",):
                 continue
-            value = _str(ds, attr.path)
+            value = _json_str(metadata, attr.path)
             if value is None:
                 columns[attr.column] = None
                 continue
@@ -307,11 +362,6 @@ class DicomFileReader:
         columns["series_instance_uid"] = uids["SeriesInstanceUID"]
         columns["sop_instance_uid"] = uids["SOPInstanceUID"]
         columns["sop_class_uid"] = uids["SOPClassUID"]
-        base = (
-            f"{BULK_BASE}/studies/{uids['StudyInstanceUID']}/series/"
-            f"{uids['SeriesInstanceUID']}/instances/{uids['SOPInstanceUID']}/bulkdata"
-        )
-        metadata = dicomjson_fast.convert(ds, base, self.bulk_data_threshold, _json_element)
         # pixel data is not read at ingest (stop_before_pixels): add it as bulk data.
         pixel_vrs = {0x7FE00010: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
         if pixel is not None:
