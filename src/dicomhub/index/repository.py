@@ -19,6 +19,7 @@ from sqlalchemy import (
     Engine,
     Select,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -140,6 +141,7 @@ class SqlIndex:
         self.schema = schema
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         self._default_owner: int | None = None
+        self._statements: dict[str, tuple[Any, Any]] = {}
         if self.dialect == "sqlite":
             self.engine = self._sqlite_engine(url, immediate=False)
             self.write_engine = self._sqlite_engine(url, immediate=True)
@@ -213,10 +215,7 @@ class SqlIndex:
         """Look up one instance by SOP Instance UID in an owner's namespace."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                self._stored_select().where(
-                    instances.c.sop_instance_uid == sop_instance_uid,
-                    instances.c.owner_pk == owner_pk,
-                )
+                _FIND_INSTANCE, {"b_sop": sop_instance_uid, "b_owner": owner_pk}
             ).first()
         return _stored(row) if row else None
 
@@ -250,11 +249,7 @@ class SqlIndex:
         if access.everything:
             return own
         with self.engine.connect() as conn:
-            mine = conn.execute(
-                select(studies.c.pk).where(
-                    studies.c.owner_pk == own, studies.c.study_instance_uid == study_instance_uid
-                )
-            ).first()
+            mine = conn.execute(_STUDY_PK, {"b_uid": study_instance_uid, "b_owner": own}).first()
             if mine is not None or access.everything:
                 return own
             granted = conn.execute(
@@ -304,27 +299,34 @@ class SqlIndex:
     def _insert_or_get(
         self, conn: Connection, table: Any, uid_col: str, uid: str, values: dict[str, Any]
     ) -> tuple[int, bool]:
-        owner = values["owner_pk"]
-        where = (table.c[uid_col] == uid, table.c.owner_pk == owner)
-        pk = conn.execute(select(table.c.pk).where(*where)).scalar()
+        """pk of the (uid, owner) row of ``table``, inserting it from ``values`` if absent;
+        whether it was created.  Statements are built once per table (no per-call SQL
+        construction: that is most of the cost of a small statement in SQLAlchemy)."""
+        find, insert_stmt = self._upsert_statements(table, uid_col)
+        key = {"b_uid": uid, "b_owner": values["owner_pk"]}
+        pk = conn.execute(find, key).scalar()
         if pk is not None:
             return int(pk), False
-        insert_fn: Any
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as insert_fn
-        else:
-            from sqlalchemy.dialects.sqlite import insert as insert_fn
-        stmt = (
-            insert_fn(table)
-            .values(**_clip(table, values))
-            .on_conflict_do_nothing()
-            .returning(table.c.pk)
-        )
-        pk = conn.execute(stmt).scalar()
+        pk = conn.execute(insert_stmt, _clip(table, values)).scalar()
         if pk is not None:
             return int(pk), True
-        pk = conn.execute(select(table.c.pk).where(*where)).scalar_one()
-        return int(pk), False
+        return int(conn.execute(find, key).scalar_one()), False
+
+    def _upsert_statements(self, table: Any, uid_col: str) -> tuple[Any, Any]:
+        cached = self._statements.get(table.name)
+        if cached is None:
+            insert_fn: Any
+            if self.dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as insert_fn
+            else:
+                from sqlalchemy.dialects.sqlite import insert as insert_fn
+            find = select(table.c.pk).where(
+                table.c[uid_col] == bindparam("b_uid"), table.c.owner_pk == bindparam("b_owner")
+            )
+            # the columns come from the parameters: unset ones keep their defaults
+            insert_stmt = insert_fn(table).on_conflict_do_nothing().returning(table.c.pk)
+            cached = self._statements[table.name] = (find, insert_stmt)
+        return cached
 
     def _write_rows(self, conn: Connection, items: Sequence[IndexedInstance]) -> None:
         """Insert instances with their studies and series: one study/series lookup, one
@@ -346,11 +348,7 @@ class SqlIndex:
                 conn, studies, "study_instance_uid", study_uid, study_values
             )
             # lock the study row so counters and ModalitiesInStudy stay consistent (PostgreSQL)
-            study_row = conn.execute(
-                select(studies.c.modalities_in_study)
-                .where(studies.c.pk == study_pk)
-                .with_for_update()
-            ).one()
+            study_row = conn.execute(_LOCK_STUDY, {"b_pk": study_pk}).one()
             series_pks: dict[str, int] = {}
             series_added: dict[int, int] = {}
             new_series = 0
@@ -398,21 +396,16 @@ class SqlIndex:
                     present = sorted([*present, modality])
             conn.execute(instances.insert(), rows)  # executemany
             for series_pk, n in series_added.items():
-                conn.execute(
-                    update(series)
-                    .where(series.c.pk == series_pk)
-                    .values(num_instances=series.c.num_instances + n)
-                )
+                conn.execute(_COUNT_SERIES, {"b_pk": series_pk, "b_n": n})
             joined = "\\".join(present) if present else None
             conn.execute(
-                update(studies)
-                .where(studies.c.pk == study_pk)
-                .values(
-                    num_instances=studies.c.num_instances + len(group),
-                    num_series=studies.c.num_series + new_series,
-                    modalities_in_study=joined[:256] if joined else None,
-                    updated_at=func.now(),
-                )
+                _COUNT_STUDY,
+                {
+                    "b_pk": study_pk,
+                    "b_n": len(group),
+                    "b_series": new_series,
+                    "b_modalities": joined[:256] if joined else None,
+                },
             )
 
     def add_instance(
@@ -878,3 +871,33 @@ def _stored(row: Any) -> StoredInstance:
         original_transfer_syntax_uid=row.original_transfer_syntax_uid,
         original_planar_configuration=row.original_planar_configuration,
     )
+
+
+# Statements of the store path, built once (see SqlIndex._insert_or_get).
+_FIND_INSTANCE = SqlIndex._stored_select().where(
+    instances.c.sop_instance_uid == bindparam("b_sop"),
+    instances.c.owner_pk == bindparam("b_owner"),
+)
+_STUDY_PK = select(studies.c.pk).where(
+    studies.c.owner_pk == bindparam("b_owner"),
+    studies.c.study_instance_uid == bindparam("b_uid"),
+)
+# lock the study row so counters and ModalitiesInStudy stay consistent (PostgreSQL)
+_LOCK_STUDY = (
+    select(studies.c.modalities_in_study).where(studies.c.pk == bindparam("b_pk")).with_for_update()
+)
+_COUNT_SERIES = (
+    update(series)
+    .where(series.c.pk == bindparam("b_pk"))
+    .values(num_instances=series.c.num_instances + bindparam("b_n"))
+)
+_COUNT_STUDY = (
+    update(studies)
+    .where(studies.c.pk == bindparam("b_pk"))
+    .values(
+        num_instances=studies.c.num_instances + bindparam("b_n"),
+        num_series=studies.c.num_series + bindparam("b_series"),
+        modalities_in_study=bindparam("b_modalities"),
+        updated_at=func.now(),
+    )
+)
