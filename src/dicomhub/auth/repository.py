@@ -313,19 +313,20 @@ class SqlAccessStore:
     def audit_add(self, record: AuditRecord, when: float) -> None:
         with self.write_engine.begin() as conn:
             conn.execute(
-                insert(audit_events).values(
-                    time=self._dt(when),
-                    event=record.event,
-                    action=record.action,
-                    outcome=record.outcome,
-                    principal=record.principal,
-                    subscriber=record.subscriber,
-                    source=record.source,
-                    interface=record.interface,
-                    study_instance_uid=record.study_instance_uid,
-                    patient_id=record.patient_id,
-                    detail=json.dumps(record.detail, default=str) if record.detail else None,
-                )
+                _AUDIT_INSERT,  # built once: one event per request must cost little
+                {
+                    "time": self._dt(when),
+                    "event": record.event,
+                    "action": record.action,
+                    "outcome": record.outcome,
+                    "principal": record.principal,
+                    "subscriber": record.subscriber,
+                    "source": record.source,
+                    "interface": record.interface,
+                    "study_instance_uid": record.study_instance_uid,
+                    "patient_id": record.patient_id,
+                    "detail": json.dumps(record.detail, default=str) if record.detail else None,
+                },
             )
 
     def audit_query(
@@ -372,3 +373,6 @@ class SqlAccessStore:
             }
             for r in rows
         ]
+
+
+_AUDIT_INSERT = insert(audit_events)
