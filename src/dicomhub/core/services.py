@@ -180,9 +180,9 @@ class StoreService:
                 self._commit_group(ready, outcomes, access)
             except Exception as exc:  # the index cannot be read: nothing was placed yet
                 log.exception("group store failed")
-                for r in ready:
-                    if outcomes[r.index] is None:
-                        outcomes[r.index] = StoreOutcome(
+                for item in ready:
+                    if outcomes[item.index] is None:
+                        outcomes[item.index] = StoreOutcome(
                             status=Status.PROCESSING_FAILURE,
                             message=f"processing failure: {exc}",
                         )
