@@ -13,6 +13,7 @@ from dicomhub import __version__
 from dicomhub.context import Context
 from dicomhub.dicomweb import errors, nodes, qido, security, stow, wado
 from dicomhub.dicomweb.encoding import ContentEncodingMiddleware
+from dicomhub.dicomweb.zerocopy import DicomhubAPI
 
 log = logging.getLogger(__name__)
 PREFIX = "/dicom-web"
@@ -29,7 +30,7 @@ def create_app(ctx: Context) -> FastAPI:
                 leftover.unlink()
         yield
 
-    app = FastAPI(
+    app = DicomhubAPI(
         title="dicomhub",
         version=__version__,
         description="DICOMweb archive (PS3.18): STOW-RS, QIDO-RS, WADO-RS.",

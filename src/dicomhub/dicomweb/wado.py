@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from dicomhub.codecs.render import RenderParams, parse_quality, parse_viewport, parse_window
 from dicomhub.context import Context
@@ -25,6 +26,7 @@ from dicomhub.core.errors import CannotTranscode, InvalidRequest, NotAcceptable
 from dicomhub.core.model import StoredInstance
 from dicomhub.core.syntaxes import LOSSLESS_SOURCES, media_type_of
 from dicomhub.core.syntaxes import NATIVE as NATIVE_SYNTAXES
+from dicomhub.dicomweb import zerocopy
 from dicomhub.dicomweb.deps import Access, BaseURL, Ctx, DeleteAccess
 from dicomhub.dicomweb.media import (
     AS_STORED,
@@ -159,7 +161,91 @@ async def _retrieve(
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     if len(plans) == 1:  # several instances may end up in different syntaxes
         media += f"; transfer-syntax={first[0]}"
+    direct = request.scope.get(zerocopy.SCOPE_KEY)
+    if isinstance(direct, zerocopy.DirectSocket):
+
+        def as_stored(index: int) -> bool:
+            item, cands = plans[index]
+            if index == 0:
+                return first[0] == item.transfer_syntax_uid
+            return cands[0] in (AS_STORED, item.transfer_syntax_uid)
+
+        async def _direct(send: Send) -> None:
+            """Runs of instances sent as stored go out by sendfile (zero copy), one worker
+            thread hop per run; re-encoded ones through ASGI, one at a time."""
+            index = 0
+            while index < len(plans):
+                if not as_stored(index):
+                    item, cands = plans[index]
+                    try:
+                        ts, data = await run_in_threadpool(_render_instance, ctx, item, cands)
+                    except CannotTranscode as exc:
+                        log.warning(
+                            "left %s out of a WADO-RS response: %s", item.sop_instance_uid, exc
+                        )
+                        index += 1
+                        continue
+                    header = part_header(boundary, f"application/dicom; transfer-syntax={ts}")
+                    body = b"".join([header, *data, b"\r\n"])
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    index += 1
+                    continue
+                run: list[StoredInstance] = []
+                while index < len(plans) and as_stored(index) and len(run) < DIRECT_RUN:
+                    run.append(plans[index][0])
+                    index += 1
+                parts = await run_in_threadpool(_file_parts, ctx, boundary, run)
+                await direct.drained()
+                await run_in_threadpool(direct.send_files, parts)
+            await send(
+                {"type": "http.response.body", "body": closing(boundary), "more_body": False}
+            )
+
+        return _DirectResponse(_direct, direct, media)
     return StreamingResponse(_body(), media_type=media)
+
+
+#: Instances sent by sendfile in one worker-thread hop.
+DIRECT_RUN = 64
+
+
+def _file_parts(
+    ctx: Context, boundary: str, items: list[StoredInstance]
+) -> list[zerocopy.FilePart]:
+    """Part headers and files of instances sent as stored."""
+    return [
+        zerocopy.FilePart(
+            part_header(boundary, f"application/dicom; transfer-syntax={item.transfer_syntax_uid}"),
+            ctx.retrieve.local_path(item),
+            b"\r\n",
+        )
+        for item in items
+    ]
+
+
+class _DirectResponse(StreamingResponse):
+    """A multipart response whose stored files leave by sendfile (dicomweb/zerocopy.py);
+    chunked transfer coding (no Content-Length), like any streamed response."""
+
+    def __init__(
+        self,
+        run: Callable[[Send], Awaitable[None]],
+        direct: zerocopy.DirectSocket,
+        media: str,
+    ) -> None:
+        super().__init__(iter(()), media_type=media)
+        self._run = run
+        self._direct = direct
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        try:
+            await self._run(send)
+        except zerocopy.DirectWriteError as exc:  # the client went away mid-response
+            log.info("WADO-RS response abandoned: %s", exc)
+            self._direct.transport.abort()
 
 
 @router.get("/studies/{study}")
