@@ -183,7 +183,8 @@ def markdown(results: dict[str, Any], metrics: list[Metric], servers: list[str])
                 static_lines.append(f"{s} {100 * wado.values[s] / static:.0f} %")
     n_small = p["qido_studies"] * p["per_study"]
     workers = ", ".join(
-        "1 worker (default)" if w == 1 else f"{w} workers" for w in p["dicomhub_workers"]
+        "1 worker (default)" if w == 1 else f"{w} HTTP workers and {w} DIMSE processes"
+        for w in p["dicomhub_workers"]
     )
     load = (
         f"{m['load_average_start']} at the start, {m['load_average_end']} at the end "

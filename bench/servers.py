@@ -300,6 +300,8 @@ class Dicomhub(Server):
         ]
         if self.workers > 1:
             cmd += ["--workers", str(self.workers)]
+            if _serve_supports("--dimse-workers"):  # the same number of cores for DIMSE
+                cmd += ["--dimse-workers", str(self.workers)]
         if _serve_supports("--dimse-port"):
             # the DIMSE edge listens too (default 11112): give each instance its own port
             cmd += ["--dimse-port", str(self.dimse_port)]

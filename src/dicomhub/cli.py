@@ -29,6 +29,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         http_port=getattr(args, "http_port", None),
         workers=getattr(args, "workers", None),
         dimse_port=getattr(args, "dimse_port", None),
+        dimse_workers=getattr(args, "dimse_workers", None),
         ae_title=getattr(args, "ae_title", None),
         log_level=getattr(args, "log_level", None),
     )
@@ -380,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
     serve.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
     serve.add_argument("--dimse-port", type=int, help="DICOM port (default 11112; 0 = off)")
+    serve.add_argument(
+        "--dimse-workers",
+        type=int,
+        help="processes accepting DIMSE associations (default 1; e.g. one per core)",
+    )
     serve.add_argument("--ae-title", help="our AE title (default DICOMHUB)")
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.set_defaults(func=cmd_serve)

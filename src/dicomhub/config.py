@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     ae_title: str = Field("DICOMHUB", description="Our application entity title.")
     max_pdu: int = Field(262144, description="Largest P-DATA PDU we receive (bytes).")
     max_associations: int = Field(16, description="Concurrent DIMSE associations.")
+    dimse_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes accepting DIMSE associations on the DICOM port (one listening "
+        "socket shared; each process serves whole associations).",
+    )
     acse_timeout: float = Field(30, description="Association request/release timeout (s).")
     dimse_timeout: float = Field(60, description="DIMSE message timeout (s).")
     network_timeout: float = Field(60, description="Idle association timeout (s).")

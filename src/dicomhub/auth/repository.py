@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dicomhub.core.access import AuditRecord, Grant, Kind, PrincipalRecord, Role
@@ -124,8 +124,8 @@ class SqlAccessStore:
         )
 
     def principal_get(self, name: str) -> PrincipalRecord | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(self._select_principal().where(principals.c.name == name)).first()
+        with self.engine.connect() as conn:  # on every request: a statement built once
+            row = conn.execute(_PRINCIPAL_BY_NAME, {"b_name": name}).first()
         return self._record(row) if row else None
 
     def principal_by_pk(self, pk: int) -> PrincipalRecord | None:
@@ -229,12 +229,7 @@ class SqlAccessStore:
 
     def token_revoked(self, jti: str) -> bool:
         with self.engine.connect() as conn:
-            return (
-                conn.execute(
-                    select(revoked_tokens.c.jti).where(revoked_tokens.c.jti == jti)
-                ).first()
-                is not None
-            )
+            return conn.execute(_TOKEN_REVOKED, {"b_jti": jti}).first() is not None
 
     # -- grants ----------------------------------------------------------------------------
     def grant_add(
@@ -376,3 +371,9 @@ class SqlAccessStore:
 
 
 _AUDIT_INSERT = insert(audit_events)
+_PRINCIPAL_BY_NAME = (
+    select(principals, subscribers.c.name.label("subscriber_name"))
+    .select_from(principals.outerjoin(subscribers, subscribers.c.pk == principals.c.subscriber_pk))
+    .where(principals.c.name == bindparam("b_name"))
+)
+_TOKEN_REVOKED = select(revoked_tokens.c.jti).where(revoked_tokens.c.jti == bindparam("b_jti"))

@@ -8,10 +8,16 @@ Query/Retrieve FIND/GET/MOVE; Storage Commitment Push Model.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import ssl
+import subprocess
+import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, _config
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomhub.dimse.handlers import DimseHandlers
 
@@ -20,6 +26,9 @@ if TYPE_CHECKING:
     from dicomhub.context import Context
 
 log = logging.getLogger(__name__)
+
+#: Environment variable carrying the settings (JSON) to DIMSE worker processes.
+WORKER_SETTINGS_ENV = "DICOMHUB_DIMSE_WORKER_SETTINGS"
 
 # Transfer syntaxes we accept for storage: those the codecs can decode (docs/conformance.md).
 STORAGE_TRANSFER_SYNTAXES = [
@@ -75,16 +84,57 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-class DimseServer:
-    """Runs the AE's association server in background threads."""
+def _shared_socket_server(listening: socket.socket) -> type[ThreadedAssociationServer]:
+    """A pynetdicom server class that accepts on ``listening`` (already bound and
+    listening, shared with other processes) instead of binding its own socket."""
 
-    def __init__(self, ctx: Context) -> None:
+    class SharedSocketServer(ThreadedAssociationServer):
+        def server_bind(self) -> None:
+            if self.socket is not None:
+                self.socket.close()  # the one TCPServer made; never bound
+            self.socket = listening
+            self.server_address = listening.getsockname()
+
+        def server_activate(self) -> None:
+            pass  # listening already
+
+    return SharedSocketServer
+
+
+def listening_socket(host: str, port: int, backlog: int = 64) -> socket.socket:
+    """A non-blocking listening TCP socket for several accepting processes: whichever is
+    free takes the next association; the others' accept() finds nothing and goes back to
+    waiting (socketserver treats that OSError as "no request")."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+class DimseServer:
+    """Runs the AE's association server in background threads.
+
+    With ``dimse_workers`` > 1 the main process opens the listening socket and starts
+    ``dimse_workers - 1`` worker processes (``python -m dicomhub.dimse.worker``) that
+    accept on the same socket: associations spread over processes, hence over cores
+    (one Python process runs one core at a time).  ``listen`` is how a worker receives
+    the inherited socket.
+    """
+
+    def __init__(self, ctx: Context, listen: socket.socket | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
         self.ae = build_ae(self.settings)
         self.handlers = DimseHandlers(ctx, self.settings.ae_title)
         self._server: Any = None
         self._tls_server: Any = None
+        self._listen = listen
+        self._is_worker = listen is not None
+        self._workers: list[subprocess.Popen[bytes]] = []
 
     @property
     def port(self) -> int:
@@ -115,13 +165,34 @@ class DimseServer:
         # C-STORE bodies are kept as received bytes, never decoded and re-encoded
         _config.LOG_HANDLER_LEVEL = "none"
         host = self.settings.dimse_host or self.settings.host
-        self._server = self.ae.start_server(
-            (host, self.settings.dimse_port),
-            block=False,
-            evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
+        spawn = self._listen is None and self.settings.dimse_workers > 1
+        if spawn:
+            self._listen = listening_socket(host, self.settings.dimse_port)
+        if self._listen is not None:
+            server = self.ae.make_server(
+                self._listen.getsockname()[:2],
+                evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
+                server_class=_shared_socket_server(self._listen),
+            )
+            self.ae._servers.append(server)  # as AE.start_server does (stop() needs it)
+            threading.Thread(target=server.serve_forever, name="DimseAcceptor", daemon=True).start()
+            self._server = server
+        else:
+            self._server = self.ae.start_server(
+                (host, self.settings.dimse_port),
+                block=False,
+                evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
+            )
+        log.info(
+            "DIMSE: %s listening on %s:%s (pid %d)",
+            self.settings.ae_title,
+            host,
+            self.port,
+            os.getpid(),
         )
-        log.info("DIMSE: %s listening on %s:%s", self.settings.ae_title, host, self.port)
-        if self.settings.tls_port:
+        if spawn:
+            self._spawn_workers()
+        if self.settings.tls_port and not self._is_worker:  # TLS: main process only
             self._tls_server = self.ae.start_server(
                 (host, self.settings.tls_port),
                 block=False,
@@ -130,8 +201,34 @@ class DimseServer:
             )
             log.info("DICOM TLS: listening on %s:%s", host, self.tls_port)
 
+    def _spawn_workers(self) -> None:
+        """Start the worker processes on the shared socket, with these very settings."""
+        assert self._listen is not None
+        fd = self._listen.fileno()
+        env = dict(os.environ)
+        env[WORKER_SETTINGS_ENV] = self.settings.model_dump_json()
+        for _ in range(self.settings.dimse_workers - 1):
+            self._workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dicomhub.dimse.worker", "--fd", str(fd)],
+                    pass_fds=(fd,),
+                    env=env,
+                )
+            )
+        log.info("DIMSE: %d worker processes started", len(self._workers))
+
     def stop(self) -> None:
-        """Stop accepting and close associations."""
+        """Stop accepting and close associations (and stop the worker processes)."""
+        for proc in self._workers:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._workers:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self._workers = []
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.shutdown()
