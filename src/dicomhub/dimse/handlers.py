@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import socket
+import struct
 import tempfile
 import threading
 import warnings
@@ -26,10 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, build_role, evt
+from pynetdicom import (
+    AE,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    build_context,
+    build_role,
+    evt,
+)
 from pynetdicom.events import Event
 
 from dicomhub.core import syntaxes
@@ -287,18 +293,19 @@ class DimseHandlers:
         transfer syntax, follow a File Meta Information header built from the command.
         """
         req: Any = event.request
-        meta = event.file_meta
-        meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
         staging = self.ctx.store.staging_dir()
         fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
         hasher = hashlib.sha256()
         size = 0
         try:
             with os.fdopen(fd, "wb") as fh:
-                head = DicomBytesIO()
-                head.write(b"\x00" * 128 + b"DICM")
-                write_file_meta_info(head, meta, enforce_standard=True)
-                for chunk in (head.getvalue(), req.DataSet.getvalue()):
+                head = part10_header(
+                    str(req.AffectedSOPClassUID),
+                    str(req.AffectedSOPInstanceUID),
+                    str(event.context.transfer_syntax),
+                    str(event.assoc.requestor.ae_title),
+                )
+                for chunk in (head, req.DataSet.getvalue()):
                     fh.write(chunk)
                     hasher.update(chunk)
                     size += len(chunk)
@@ -667,3 +674,38 @@ class DimseHandlers:
             ae_title,
             address,
         )
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One Explicit VR Little Endian element (PS3.5 §7.1.2)."""
+    group, elem = tag >> 16, tag & 0xFFFF
+    if vr == b"OB":  # 2 reserved bytes and a 32-bit length
+        return struct.pack("<HH2s2xI", group, elem, vr, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    data = value.encode("ascii")
+    return data + pad if len(data) % 2 else data
+
+
+def part10_header(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str
+) -> bytes:
+    """Preamble, "DICM" and the File Meta Information (PS3.10 §7.1) of a received C-STORE
+    data set: what pydicom's ``write_file_meta_info`` writes for pynetdicom's
+    ``Event.file_meta`` plus Source Application Entity Title, built directly (it is
+    written once per received instance)."""
+    body = b"".join(
+        [
+            _element(0x00020001, b"OB", b"\x00\x01"),
+            _element(0x00020002, b"UI", _padded(sop_class_uid, b"\x00")),
+            _element(0x00020003, b"UI", _padded(sop_instance_uid, b"\x00")),
+            _element(0x00020010, b"UI", _padded(transfer_syntax_uid, b"\x00")),
+            _element(0x00020012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+            _element(0x00020013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+            _element(0x00020016, b"AE", _padded(source_ae.strip(), b" ")),
+        ]
+    )
+    group_length = _element(0x00020000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body
