@@ -17,9 +17,10 @@ from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from dicomhub.codecs import dicomjson_fast
@@ -261,6 +262,21 @@ def _json_str(metadata: dict[str, Any], path: str) -> str | None:
     return None
 
 
+_UID_TAGS = {
+    kw: Tag(kw) for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+}
+
+
+def _uid(ds: Dataset, keyword: str) -> str | None:
+    """A top-level UI value straight from its raw bytes when pydicom has not converted
+    it yet (PS3.5 §6.2: padded with NUL); other forms go through pydicom."""
+    raw = ds._dict.get(_UID_TAGS[keyword])
+    if isinstance(raw, RawDataElement) and raw.VR in (None, "UI") and raw.value is not None:
+        text = raw.value.decode("latin-1").strip("\x00 ")
+        return text if text and "\\" not in text else _str(ds, keyword)
+    return _str(ds, keyword)
+
+
 def _person_name_words(name: str | None) -> str | None:
     """Normalized words of a person name for fuzzy matching (PS3.18 §8.3.4.1)."""
     if not name:
@@ -312,7 +328,7 @@ class DicomFileReader:
     def _parse(self, ds: FileDataset, tsuid: str, pixel: tuple[int, int] | None) -> ParsedInstance:
         uids: dict[str, str] = {}
         for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-            value = _str(ds, kw)
+            value = _uid(ds, kw)
             if not value:
                 raise StoreFailure(Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"missing {kw}")
             uids[kw] = value.strip().rstrip("\x00")
