@@ -8,6 +8,8 @@ requests.
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +22,18 @@ from dicomhub.codecs.registry import CodecError
 from dicomhub.core import syntaxes
 from dicomhub.core.errors import CannotTranscode, DicomhubError, NotFound, UndecodablePixelData
 from dicomhub.core.model import ParsedInstance, StagedFile
+
+log = logging.getLogger(__name__)
+_RETRY_LOCK = threading.Lock()
+
+
+def _has_pixel_data(path: Path) -> bool:
+    """Whether the file has integer Pixel Data (what the pixel digest covers)."""
+    try:
+        return frames.inspect_pixel_data(path).keyword == "PixelData"
+    except Exception:  # NoPixelData, or a header that cannot be read
+        return False
+
 
 PIXEL_TAGS = {"7FE00010", "7FE00008", "7FE00009"}
 
@@ -80,12 +94,23 @@ class PydicomPixelCodec:
             fast = transcode.native_digest_from_parsed(path, parsed)
             if fast is not None:
                 return fast
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # odd VRs are the sender's, not ours to report
-                return transcode.pixel_digest_and_planar(path)
-        except (CodecError, DicomhubError):
-            return None, None
+        for attempt in range(2):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # odd VRs are the sender's to report
+                    if attempt == 0:
+                        result = transcode.pixel_digest_and_planar(path)
+                    else:  # once more, alone: a decoder library failing under concurrency
+                        with _RETRY_LOCK:
+                            result = transcode.pixel_digest_and_planar(path)
+            except (CodecError, DicomhubError):
+                result = (None, None)
+            if result[0] is not None or not _has_pixel_data(path):
+                if attempt:
+                    log.warning("%s: pixel data decoded on the second attempt", path.name)
+                return result
+        log.warning("%s: pixel data not decodable; no pixel digest recorded", path.name)
+        return None, None
 
     def transcode(
         self,
