@@ -279,8 +279,9 @@ DCMTK storescu {v.get("storescu", "?")} |
   counted; MB/s = 10⁶ bytes/s; {p["runs"]} runs, median, after one warm-up.
   The static limit is the same files sent by a trivial asyncio server with
   `loop.sendfile` as one multipart body, read by the same client.
-- **Series metadata.** `GET /studies/{{s}}/series/{{se}}/metadata` (DICOM JSON),
-  whole body, ms; {p["runs"]} runs, median, after one warm-up.
+- **Series metadata.** `GET /studies/{{s}}/series/{{se}}/metadata` (DICOM JSON) of a
+  series of {p.get("metadata_instances", "the CT")} small instances (64×64, stored once
+  beforehand by STOW-RS), whole body, ms; {p["runs"]} runs, median, after one warm-up.
 - **Frames.** {p["frames"]} single-frame requests `/instances/{{i}}/frames/1` over the
   series, Accept `multipart/related; type="application/octet-stream";
   transfer-syntax=1.2.840.10008.1.2.1`; each payload checked to be 512·512·2 bytes;
