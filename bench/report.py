@@ -353,7 +353,7 @@ Server CPU per operation (ms):
 
 
 #: Sections written by other benchmarks (bench/codecs.py) that a re-render keeps.
-KEPT_SECTIONS = ("## Additional run", "## Codecs")  # not "## Notes": they belong to one run
+KEPT_SECTIONS = ("## History", "## Additional run", "## Codecs")  # "## Notes" belong to one run
 
 
 def keep_sections(old: str, new: str) -> str:
