@@ -289,3 +289,37 @@ def make_small_studies(
         return [s for job in jobs for s in _write_small_chunk(job)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return [s for part in pool.map(_write_small_chunk, jobs) for s in part]
+
+
+def make_big_study(out_dir: Path, total_bytes: int, seed: int = 5) -> tuple[str, list[Path]]:
+    """A study of ``total_bytes`` or more in multi-frame CT-like instances (300 frames of
+    512×512 int16 each, ~157 MB, Enhanced-free Multi-frame Grayscale Word SC): the pixel
+    values are drawn once and shared, every instance has its own UIDs.  Returns the
+    StudyInstanceUID and the files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    frames = 300
+    pixels = rng.integers(0, 4096, (frames, CT_SIZE, CT_SIZE), dtype=np.uint16).tobytes()
+    study, series = generate_uid(), generate_uid()
+    paths: list[Path] = []
+    written = 0
+    index = 0
+    while written < total_bytes:
+        sop = generate_uid()
+        ds = _file_dataset("1.2.840.10008.5.1.4.1.1.7.3", sop)  # Multi-frame Grayscale Word SC
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.PatientName, ds.PatientID, ds.Modality = "BIG^STUDY", "BIG0001", "OT"
+        ds.StudyDate = ds.SeriesDate = "20260101"
+        ds.InstanceNumber = index + 1
+        ds.Rows = ds.Columns = CT_SIZE
+        ds.NumberOfFrames = frames
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels
+        ds["PixelData"].VR = "OW"
+        path = out_dir / f"big{index:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        written += path.stat().st_size
+        paths.append(path)
+        index += 1
+    return str(study), paths

@@ -286,6 +286,11 @@ DCMTK storescu {v.get("storescu", "?")} |
   series, Accept `multipart/related; type="application/octet-stream";
   transfer-syntax=1.2.840.10008.1.2.1`; each payload checked to be 512·512·2 bytes;
   p50/p95 per run, median over {p["runs"]} runs.
+- **Big study.** A study of {p.get("big_gb", 2.0):g} GB or more in multi-frame
+  instances (300 frames of 512×512 16-bit, ~157 MB each) sent by STOW-RS one instance per
+  request, the body streamed from disk; then the whole study by WADO-RS, streamed and
+  counted; one run; MB/s of each, and the peak RSS of the servers right after (1 run, last
+  workload, so it is also the peak of the whole run).
 - **Memory.** Peak RSS (VmHWM from /proc, summed over a server's processes) after
   all workloads.
 

@@ -55,8 +55,9 @@ PEER = "orthanc"
 FRAME_BYTES = data.CT_SIZE * data.CT_SIZE * 2
 DICOM_JSON = workloads.DICOM_JSON
 FRAMES = workloads.FRAMES_ACCEPT
-WORKLOADS = ("stow", "cstore", "qido", "wado", "metadata", "frames")
+WORKLOADS = ("stow", "cstore", "qido", "wado", "metadata", "frames", "bigstudy")
 CSTORE_ASSOCIATIONS = (1, 4)
+MULTIPART = workloads.MULTIPART_DICOM
 QIDO_TARGET = "≥10× faster; p95 ≤20 ms at ≥100k inst."
 _t0 = time.monotonic()
 
@@ -77,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--qido-runs", type=int, help="runs of the QIDO queries (default 3)")
     p.add_argument("--queries", type=int, help="QIDO queries per kind and run (default 200)")
     p.add_argument("--frames", type=int, help="frame requests per run (default 50)")
+    p.add_argument(
+        "--big-gb", type=float, default=2.0, help="size of the big study (default 2.0 GB)"
+    )
     p.add_argument(
         "--metadata-instances",
         type=int,
@@ -648,6 +652,56 @@ class Bench:
         p95.values = {k: workloads.median(v) for k, v in p95.runs.items()}
         log("frames p50: " + ", ".join(f"{k} {v:.1f} ms" for k, v in p50.values.items()))
 
+    def big_study(self) -> None:
+        """A study of ``--big-gb`` GB (multi-frame instances of ~157 MB): STOW-RS one
+        instance per request, streamed; then the whole study by WADO-RS, streamed; MB/s
+        of each and the servers' peak RSS afterwards (memory must not grow with it)."""
+        a = self.args
+        target = int(a.big_gb * 1e9)
+        log(f"generating a {a.big_gb:g} GB study of multi-frame instances")
+        study, paths = data.make_big_study(self.tmp / "data" / "big", target, seed=a.seed + 11)
+        total = sum(p.stat().st_size for p in paths)
+        gb = f"{total / 1e9:.1f} GB"
+        ingest = self.metric(
+            "big_ingest", f"{gb} study: STOW-RS, 1 instance (~157 MB) per request", "MB/s", True
+        )
+        retrieve = self.metric("big_retrieve", f"{gb} study: WADO-RS study retrieve", "MB/s", True)
+        rss = self.metric(
+            "big_rss", f"Peak RSS after the {gb} study (VmHWM)", "MiB", False, "≤300 MiB"
+        )
+        with session() as s:
+            for srv in self.servers:
+                self.attempt(srv, "delete big study", srv.delete_study, s, study)
+                secs = self.attempt(
+                    srv, "big study STOW-RS", workloads.stow_files_streamed, srv.base, paths
+                )
+                if secs:
+                    ingest.values[srv.name] = total / 1e6 / secs
+                    ingest.runs[srv.name] = [ingest.values[srv.name]]
+                url = f"{srv.base}/studies/{study}"
+                got = self.attempt(
+                    srv, "big study WADO-RS", workloads.retrieve_stream, s, url, MULTIPART
+                )
+                if got:
+                    received, secs = got
+                    if received < total:
+                        self.notes.append(f"{srv.name}: big study retrieve got {received} bytes")
+                    retrieve.values[srv.name] = received / 1e6 / secs
+                    retrieve.runs[srv.name] = [retrieve.values[srv.name]]
+                if not self.exited(srv):
+                    rss.values[srv.name] = srv.peak_rss_mib()
+                    rss.runs[srv.name] = [rss.values[srv.name]]
+                self.attempt(srv, "delete big study", srv.delete_study, s, study)
+        shutil.rmtree(self.tmp / "data" / "big", ignore_errors=True)
+        log(
+            "big study: "
+            + ", ".join(
+                f"{k} {ingest.values.get(k, 0):.0f}/{retrieve.values.get(k, 0):.0f} MB/s "
+                f"{rss.values.get(k, 0):.0f} MiB"
+                for k in rss.values
+            )
+        )
+
     def memory(self) -> None:
         """Peak RSS of each server process (tree) after the workloads."""
         m = self.metric("peak_rss", "Peak RSS after all workloads (VmHWM)", "MiB", False)
@@ -694,6 +748,7 @@ class Bench:
                 "queries": a.queries,
                 "frames": a.frames,
                 "metadata_instances": a.metadata_instances,
+                "big_gb": a.big_gb,
                 "per_request": 50,
                 "dicomhub_workers": a.worker_counts,
                 "dicomhub_log_level": a.dicomhub_log_level,
@@ -763,6 +818,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.metadata()
         if "frames" in selected:
             bench.frames()
+        if "bigstudy" in selected:
+            bench.big_study()
         bench.memory()
         for srv in bench.servers:
             bench.exited(srv)
