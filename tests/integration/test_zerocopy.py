@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from pathlib import Path
 
 import pydicom
@@ -187,3 +188,24 @@ def _dechunk(body: bytes) -> bytes:
         out += body[pos : pos + size]
         assert body[pos + size : pos + size + 2] == b"\r\n"
         pos += size + 2
+
+
+def test_clients_that_stop_reading_do_not_stall_other_requests(
+    server: LiveServer, study: tuple[str, str, list[Path]]
+) -> None:
+    """Forty connections ask for the 9 MB series and never read: their sends block once
+    the socket buffers are full.  A QIDO-RS search and a metadata request still answer at
+    once (the blocked sends hold only the sendfile threads, not the application's)."""
+    uid, series, _files = study
+    stalled = [_raw_get(server, f"/studies/{uid}/series/{series}") for _ in range(40)]
+    for sock in stalled:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        time.sleep(1.0)
+        r = http.get(f"{server.url}/studies?StudyInstanceUID={uid}", timeout=15)
+        assert r.status_code == 200 and len(r.json()) == 1
+        r = http.get(f"{server.url}/studies/{uid}/series/{series}/metadata", timeout=15)
+        assert r.status_code == 200 and len(r.json()) == COPIES
+    finally:
+        for sock in stalled:
+            sock.close()

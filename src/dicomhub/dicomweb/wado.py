@@ -196,7 +196,7 @@ async def _retrieve(
                     index += 1
                 parts = await run_in_threadpool(_file_parts, ctx, boundary, run)
                 await direct.drained()
-                await run_in_threadpool(direct.send_files, parts)
+                await direct.send_files_async(parts)
             await send(
                 {"type": "http.response.body", "body": closing(boundary), "more_body": False}
             )

@@ -6,7 +6,9 @@ into memory and one or two copies per byte; the kernel can instead move the file
 to the socket directly.  This module finds the connection's socket behind uvicorn's
 ``send`` (outermost, before any middleware wraps it) and writes HTTP/1.1 chunks
 (RFC 9112 §7.1) of stored files to it with ``os.sendfile`` from a worker thread, while
-the response start, other parts and the last chunk still go through ASGI.
+the response start, other parts and the last chunk still go through ASGI.  The sending
+threads are a pool of their own: clients that read slowly (or stop) hold only those, never
+the threads the rest of the application runs on.
 
 It is used only where it is safe: plain HTTP/1.1 (no TLS: the bytes must be encrypted by
 the transport), a response in chunked transfer coding, and only once the transport's own
@@ -22,6 +24,7 @@ import os
 import select
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 SCOPE_KEY = "dicomhub.direct_socket"
 #: Seconds a blocked socket may stay unwritable before the response is abandoned.
 WRITE_TIMEOUT = 60.0
+#: Responses sending at the same time; more wait for a free thread (their clients too).
+SENDFILE_THREADS = 32
+_SENDFILE_THREADS = ThreadPoolExecutor(SENDFILE_THREADS, thread_name_prefix="sendfile")
 
 
 class DirectWriteError(OSError):
@@ -66,6 +72,12 @@ class DirectSocket:
             await asyncio.sleep(0.0005)
         if self.transport.is_closing():
             raise DirectWriteError("connection closed")
+
+    async def send_files_async(self, parts: Sequence[FilePart]) -> int:
+        """:meth:`send_files` on the sendfile threads (not the application's thread pool:
+        slow clients must not take the threads every other request needs)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_SENDFILE_THREADS, self.send_files, parts)
 
     def send_files(self, parts: Sequence[FilePart]) -> int:
         """Write each part as one HTTP chunk (blocking; run it in a worker thread after
