@@ -60,10 +60,11 @@ def session() -> requests.Session:
 
 
 def ensure_orthanc() -> None:
-    """Install Debian's ``orthanc`` and ``orthanc-dicomweb`` if they are missing."""
+    """Install Debian's ``orthanc``, ``orthanc-dicomweb`` and ``dcmtk`` (storescu for the
+    C-STORE workload) if they are missing."""
     missing = [
         pkg
-        for pkg in ("orthanc", "orthanc-dicomweb")
+        for pkg in ("orthanc", "orthanc-dicomweb", "dcmtk")
         if subprocess.run(
             ["dpkg", "-s", pkg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         ).returncode
