@@ -327,7 +327,7 @@ make bench ARGS="--workloads qido --workers 1 --qido-studies 20000"  # QIDO at 1
 .venv/bin/python -m bench.report --also bench/results/qido-100k.json   # … plus another run
 ```
 
-`make bench` installs Debian's `orthanc` and `orthanc-dicomweb` if they are missing
+`make bench` installs Debian's `orthanc`, `orthanc-dicomweb` and `dcmtk` if they are missing
 (apt-get), generates the data in a temporary directory, starts and stops every server
 itself, and overwrites this page and `bench/results/latest.json`.
 """
