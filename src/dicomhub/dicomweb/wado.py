@@ -1,7 +1,8 @@
 """WADO-RS: Retrieve transactions (PS3.18 §10.4) and DELETE of resources.
 
-Instances stream from storage in 1 MiB chunks, as stored or re-encoded in the transfer
-syntax the Accept header asks for (PS3.18 §8.7.3); metadata is served from the index
+Instances go out as stored (by sendfile where the server allows it, dicomweb/zerocopy.py;
+else streamed from storage) or re-encoded in the transfer syntax the Accept header asks
+for (PS3.18 §8.7.3), in chunked transfer coding; metadata is served from the index
 without reading files; frames are native (Explicit VR Little Endian form) or compressed
 (image/jls, image/jp2, image/jphc, image/jpeg, image/dicom-rle), passed through when
 already stored so; rendered and thumbnail resources are JPEG or PNG.
