@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -198,6 +198,14 @@ class Bench:
             acc[1] += ops
         return result
 
+    def _medians_and_cpu(self, rows: Iterable[Metric], key: str, label: str, phase: str) -> None:
+        """Each row's value per server is the median of its runs; then a row of the
+        server CPU per operation of ``phase``."""
+        for m in rows:
+            m.values = {k: workloads.median(v) for k, v in m.runs.items()}
+        cpu = self.metric(key, label, "ms", False)
+        cpu.values = dict(self.cpu_ms_per_op().get(phase, {}))
+
     def cpu_ms_per_op(self) -> dict[str, dict[str, float]]:
         """Server CPU milliseconds per operation, by phase and server."""
         return {
@@ -271,12 +279,12 @@ class Bench:
                     )
                     + " inst/s (4/1 clients)"
                 )
-        for m in rows.values():
-            m.values = {k: workloads.median(v) for k, v in m.runs.items()}
-        cpu = self.metric(
-            "stow_ct_cpu", "Server CPU per stored CT instance (all STOW-RS runs)", "ms", False
+        self._medians_and_cpu(
+            rows.values(),
+            "stow_ct_cpu",
+            "Server CPU per stored CT instance (all STOW-RS runs)",
+            "STOW-RS CT instance",
         )
-        cpu.values = dict(self.cpu_ms_per_op().get("STOW-RS CT instance", {}))
         self.ct_stored = True
 
     def cstore_ct(self) -> None:
@@ -353,12 +361,12 @@ class Bench:
                     )
                     + " inst/s (1/4 associations)"
                 )
-        for m in rows.values():
-            m.values = {k: workloads.median(v) for k, v in m.runs.items()}
-        cpu = self.metric(
-            "cstore_ct_cpu", "Server CPU per stored CT instance (all C-STORE runs)", "ms", False
+        self._medians_and_cpu(
+            rows.values(),
+            "cstore_ct_cpu",
+            "Server CPU per stored CT instance (all C-STORE runs)",
+            "C-STORE CT instance",
         )
-        cpu.values = dict(self.cpu_ms_per_op().get("C-STORE CT instance", {}))
         # later workloads expect the series stored once: redo it where the last run did not
         bodies = workloads.stow_bodies(paths, 50)
         for srv in self.servers:

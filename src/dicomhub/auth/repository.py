@@ -310,16 +310,8 @@ class SqlAccessStore:
             conn.execute(
                 _AUDIT_INSERT,  # built once: one event per request must cost little
                 {
+                    **record.fields(),
                     "time": self._dt(when),
-                    "event": record.event,
-                    "action": record.action,
-                    "outcome": record.outcome,
-                    "principal": record.principal,
-                    "subscriber": record.subscriber,
-                    "source": record.source,
-                    "interface": record.interface,
-                    "study_instance_uid": record.study_instance_uid,
-                    "patient_id": record.patient_id,
                     "detail": json.dumps(record.detail, default=str) if record.detail else None,
                 },
             )

@@ -12,19 +12,7 @@ from dicomhub.core.access import AuditRecord
 
 
 def _doc(record: AuditRecord, when: float) -> dict[str, object]:
-    return {
-        "time": datetime.fromtimestamp(when, UTC).isoformat(),
-        "event": record.event,
-        "action": record.action,
-        "outcome": record.outcome,
-        "principal": record.principal,
-        "subscriber": record.subscriber,
-        "source": record.source,
-        "interface": record.interface,
-        "study_instance_uid": record.study_instance_uid,
-        "patient_id": record.patient_id,
-        "detail": record.detail,
-    }
+    return {"time": datetime.fromtimestamp(when, UTC).isoformat(), **record.fields()}
 
 
 class JsonLinesSink:

@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 _RETRY_LOCK = threading.Lock()
 
 
+def _decoded_digest(path: Path) -> tuple[str | None, int | None]:
+    """:func:`transcode.pixel_digest_and_planar` ((None, None) when it cannot decode),
+    without the sender's odd VRs as warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return transcode.pixel_digest_and_planar(path)
+
+
 def _has_pixel_data(path: Path) -> bool:
     """Whether the file has integer Pixel Data (what the pixel digest covers)."""
     try:
@@ -94,23 +102,15 @@ class PydicomPixelCodec:
             fast = transcode.native_digest_from_parsed(path, parsed)
             if fast is not None:
                 return fast
-        for attempt in range(2):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # odd VRs are the sender's to report
-                    if attempt == 0:
-                        result = transcode.pixel_digest_and_planar(path)
-                    else:  # once more, alone: a decoder library failing under concurrency
-                        with _RETRY_LOCK:
-                            result = transcode.pixel_digest_and_planar(path)
-            except (CodecError, DicomhubError):
-                result = (None, None)
-            if result[0] is not None or not _has_pixel_data(path):
-                if attempt:
-                    log.warning("%s: pixel data decoded on the second attempt", path.name)
-                return result
-        log.warning("%s: pixel data not decodable; no pixel digest recorded", path.name)
-        return None, None
+        result = _decoded_digest(path)
+        if result[0] is None and _has_pixel_data(path):
+            with _RETRY_LOCK:  # once more, alone: a decoder library failing under concurrency
+                result = _decoded_digest(path)
+            if result[0] is None:
+                log.warning("%s: pixel data not decodable; no pixel digest recorded", path.name)
+            else:
+                log.warning("%s: pixel data decoded on the second attempt", path.name)
+        return result
 
     def transcode(
         self,

@@ -196,25 +196,6 @@ def _json_dataset(ds: Dataset, uri: str, threshold: int) -> dict[str, Any]:
     return out
 
 
-def _str(ds: Dataset, path: str) -> str | None:
-    try:
-        if "." in path:
-            seq_kw, kw = path.split(".")
-            seq = ds.get(seq_kw)
-            if not seq:
-                return None
-            value = seq[0].get(kw)
-        else:
-            value = ds.get(path)
-    except Exception:
-        return None
-    if value is None or value == "":
-        return None
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
 def _hex(keyword: str) -> str:
     tag = tag_for_keyword(keyword)
     if tag is None:
@@ -273,8 +254,17 @@ def _uid(ds: Dataset, keyword: str) -> str | None:
     raw = ds._dict.get(_UID_TAGS[keyword])
     if isinstance(raw, RawDataElement) and raw.VR in (None, "UI") and raw.value is not None:
         text = raw.value.decode("latin-1").strip("\x00 ")
-        return text if text and "\\" not in text else _str(ds, keyword)
-    return _str(ds, keyword)
+        if text and "\\" not in text:
+            return text
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
 
 
 def _person_name_words(name: str | None) -> str | None:

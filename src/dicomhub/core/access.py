@@ -6,6 +6,7 @@ scope the index applies *inside* every query (never by filtering results afterwa
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -163,3 +164,7 @@ class AuditRecord:
     study_instance_uid: str | None = None
     patient_id: str | None = None
     detail: dict[str, object] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, object]:
+        """The event's fields by name, as stored and sent to the sinks."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -14,9 +14,9 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dicomhub.core.access import SYSTEM, AccessScope
 from dicomhub.core.attributes import Level
@@ -45,6 +45,7 @@ from dicomhub.core.query import Query
 from dicomhub.core.syntaxes import ELE, LOSSLESS_SOURCES
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Name of the pixel digest recorded for every instance (codecs/transcode.py).
 PIXEL_DIGEST_ALGORITHM = "sha256-canonical-pixels-v1"
@@ -69,7 +70,7 @@ class _Ready:
     staged: StagedFile
     outcome: StoreOutcome
     owner: int = 0
-    key: str = field(default="")
+    key: str = ""
 
 
 class StoreService:
@@ -116,19 +117,13 @@ class StoreService:
         that re-encoded the object losslessly before sending says it was (recorded only).
         """
         try:
-            return self._store(
+            return self._guarded(
+                self._store,
                 staged,
                 expected_study_uid,
                 (expected_sop_class_uid, expected_sop_instance_uid),
                 access,
                 (original_transfer_syntax_uid, original_planar_configuration),
-            )
-        except StoreFailure as exc:
-            return StoreOutcome(status=exc.status, message=str(exc))
-        except Exception as exc:  # never a 500 for one bad object: report it as failure
-            log.exception("store failed")
-            return StoreOutcome(
-                status=Status.PROCESSING_FAILURE, message=f"processing failure: {exc}"
             )
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -154,22 +149,13 @@ class StoreService:
         leftovers: list[Path] = [r.staged.path for r in received]
         try:
             for i, r in enumerate(received):
-                try:
-                    prepared = self._prepare(
-                        r.staged,
-                        expected_study_uid,
-                        (None, None),
-                        (r.original_transfer_syntax_uid, r.original_planar_configuration),
-                    )
-                except StoreFailure as exc:
-                    outcomes[i] = StoreOutcome(status=exc.status, message=str(exc))
-                    continue
-                except Exception as exc:
-                    log.exception("store failed")
-                    outcomes[i] = StoreOutcome(
-                        status=Status.PROCESSING_FAILURE, message=f"processing failure: {exc}"
-                    )
-                    continue
+                prepared = self._guarded(
+                    self._prepare,
+                    r.staged,
+                    expected_study_uid,
+                    (None, None),
+                    (r.original_transfer_syntax_uid, r.original_planar_configuration),
+                )
                 if isinstance(prepared, StoreOutcome):
                     outcomes[i] = prepared
                     continue
@@ -261,8 +247,9 @@ class StoreService:
             )
 
     @staticmethod
-    def _guarded(fn: Callable[..., StoreOutcome], *args: Any) -> StoreOutcome:
-        """``fn(*args)`` with failures turned into outcomes, as :meth:`store` does."""
+    def _guarded(fn: Callable[..., _T], *args: Any) -> _T | StoreOutcome:
+        """``fn(*args)``, its failure turned into a failed outcome: one bad object never
+        fails a request (no 500) nor the other objects with it."""
         try:
             return fn(*args)
         except StoreFailure as exc:

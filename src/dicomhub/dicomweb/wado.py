@@ -120,6 +120,18 @@ async def _retrieve(
     first = await run_in_threadpool(_render_instance, ctx, plans[0][0], plans[0][1])
     boundary = new_boundary()
 
+    def render(index: int) -> tuple[str, Iterator[bytes]] | None:
+        """Instance ``index`` in the first syntax it can be sent in (the first instance
+        was prepared already), or None: left out, logged."""
+        if index == 0:
+            return first
+        item, cands = plans[index]
+        try:
+            return _render_instance(ctx, item, cands)
+        except CannotTranscode as exc:
+            log.warning("left %s out of a WADO-RS response: %s", item.sop_instance_uid, exc)
+            return None
+
     def _block(start: int) -> tuple[int, bytes, bytes, Iterator[bytes] | None]:
         """From instance ``start`` on, in one thread hop: the parts of consecutive small
         instances read whole and joined into one block of about BLOCK bytes (few large
@@ -129,16 +141,12 @@ async def _retrieve(
         size = 0
         index = start
         while index < len(plans) and size < BLOCK:
-            item, cands = plans[index]
+            item = plans[index][0]
+            rendered = render(index)
             index += 1
-            if index == 1:
-                ts, data = first
-            else:
-                try:
-                    ts, data = _render_instance(ctx, item, cands)
-                except CannotTranscode as exc:
-                    log.warning("left %s out of a WADO-RS response: %s", item.sop_instance_uid, exc)
-                    continue
+            if rendered is None:
+                continue
+            ts, data = rendered
             header = part_header(boundary, f"application/dicom; transfer-syntax={ts}")
             if item.size > WHOLE_READ_LIMIT:
                 return index, b"".join(pieces), header, data
@@ -177,19 +185,13 @@ async def _retrieve(
             index = 0
             while index < len(plans):
                 if not as_stored(index):
-                    item, cands = plans[index]
-                    try:
-                        ts, data = await run_in_threadpool(_render_instance, ctx, item, cands)
-                    except CannotTranscode as exc:
-                        log.warning(
-                            "left %s out of a WADO-RS response: %s", item.sop_instance_uid, exc
-                        )
-                        index += 1
-                        continue
-                    header = part_header(boundary, f"application/dicom; transfer-syntax={ts}")
-                    body = b"".join([header, *data, b"\r\n"])
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    rendered = await run_in_threadpool(render, index)
                     index += 1
+                    if rendered is not None:
+                        ts, data = rendered
+                        header = part_header(boundary, f"application/dicom; transfer-syntax={ts}")
+                        body = b"".join([header, *data, b"\r\n"])
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
                     continue
                 run: list[StoredInstance] = []
                 while index < len(plans) and as_stored(index) and len(run) < DIRECT_RUN:

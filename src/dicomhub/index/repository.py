@@ -250,7 +250,7 @@ class SqlIndex:
             return own
         with self.engine.connect() as conn:
             mine = conn.execute(_STUDY_PK, {"b_uid": study_instance_uid, "b_owner": own}).first()
-            if mine is not None or access.everything:
+            if mine is not None:
                 return own
             granted = conn.execute(
                 select(studies.c.owner_pk)

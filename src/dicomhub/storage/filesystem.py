@@ -38,21 +38,9 @@ class FileSystemBlobStore:
 
     def put_file(self, key: str, source: Path, *, fsync: bool = True) -> None:
         """Move ``source`` into place durably: fsync file, rename, fsync directory."""
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = self._move_in(key, source, fsync)
         if fsync:
-            fd = os.open(source, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(source, target)
-        if fsync:
-            dfd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _fsync(target.parent)
 
     def put_files(
         self, items: Sequence[tuple[str, Path]], *, fsync: bool = True
@@ -68,15 +56,7 @@ class FileSystemBlobStore:
         dirs: dict[Path, list[int]] = {}
         for i, (key, source) in enumerate(items):
             try:
-                target = self._path(key)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if fsync:
-                    fd = os.open(source, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                os.replace(source, target)
+                target = self._move_in(key, source, fsync)
             except OSError as exc:
                 errors.append(exc)
                 continue
@@ -85,15 +65,20 @@ class FileSystemBlobStore:
         if fsync:
             for directory, moved in dirs.items():
                 try:
-                    dfd = os.open(directory, os.O_RDONLY)
-                    try:
-                        os.fsync(dfd)
-                    finally:
-                        os.close(dfd)
+                    _fsync(directory)
                 except OSError as exc:  # not durable: report every object of the directory
                     for i in moved:
                         errors[i] = exc
         return errors
+
+    def _move_in(self, key: str, source: Path, fsync: bool) -> Path:
+        """fsync ``source`` (if asked) and rename it to ``key``'s path; that path."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if fsync:
+            _fsync(source)
+        os.replace(source, target)
+        return target
 
     def open(self, key: str) -> Iterator[bytes]:
         """Stream the object in 1 MiB chunks."""
@@ -143,3 +128,12 @@ class FileSystemBlobStore:
     def size(self, key: str) -> int:
         """Size in bytes."""
         return self._path(key).stat().st_size
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory (a directory: the names in it are durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
