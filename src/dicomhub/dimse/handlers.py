@@ -14,14 +14,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import socket
 import struct
-import tempfile
 import threading
+import uuid
 import warnings
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ from dicomhub.core.dicomjson import row_to_json
 from dicomhub.core.errors import CannotTranscode, DicomhubError, InvalidRequest, Unauthorized
 from dicomhub.core.model import StagedFile, StoredInstance
 from dicomhub.core.query import parse_find
+from dicomhub.dimse import reactor
 from dicomhub.dimse import status as st
 
 if TYPE_CHECKING:
@@ -176,6 +177,16 @@ def _level(identifier: Dataset, model: str) -> Level:
     return level
 
 
+@dataclass
+class _StoreSession:
+    """What one association's C-STOREs share: the store namespace per study (looked up
+    once, see ``StoreService._owner``) and the instances stored per study, audited as one
+    "DICOM Instances Transferred" event per study and association (PS3.15 A.5.3.2)."""
+
+    owners: dict[str, int] = field(default_factory=dict)
+    stored: dict[str, int] = field(default_factory=dict)
+
+
 class DimseHandlers:
     """The event handlers of dicomhub's application entity."""
 
@@ -183,11 +194,13 @@ class DimseHandlers:
         self.ctx = ctx
         self.ae_title = ae_title
         self._principals: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
+        self._sessions: weakref.WeakKeyDictionary[Any, _StoreSession] = weakref.WeakKeyDictionary()
 
     def bindings(self) -> list[tuple[Any, Any]]:
         """``evt_handlers`` for ``AE.start_server``."""
         return [
             (evt.EVT_CONN_OPEN, self.on_connection),
+            (evt.EVT_CONN_CLOSE, self.on_close),
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
@@ -195,6 +208,7 @@ class DimseHandlers:
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
             (evt.EVT_N_ACTION, self.on_n_action),
+            *reactor.bindings(),
         ]
 
     def on_connection(self, event: Event) -> None:
@@ -206,6 +220,16 @@ class DimseHandlers:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (AttributeError, OSError):
             log.debug("could not set TCP_NODELAY", exc_info=True)
+
+    def on_close(self, event: Event) -> None:
+        """The connection closed (release, abort or network loss): audit the studies
+        this association stored more than the first instance of (PS3.15 A.5.3.2)."""
+        session = self._sessions.pop(event.assoc, None)
+        if session is None:
+            return
+        for study, count in session.stored.items():
+            if count > 1:
+                self._audit(event, "store", "C", 0, study=study, instances=count)
 
     def on_requested(self, event: Event) -> None:
         """A-ASSOCIATE-RQ: the calling AE title must be a registered device calling from an
@@ -293,12 +317,11 @@ class DimseHandlers:
         transfer syntax, follow a File Meta Information header built from the command.
         """
         req: Any = event.request
-        staging = self.ctx.store.staging_dir()
-        fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
+        name = str(self.ctx.store.staging_dir() / f"{uuid.uuid4().hex}.part")
         hasher = hashlib.sha256()
         size = 0
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with open(name, "xb") as fh:
                 head = part10_header(
                     str(req.AffectedSOPClassUID),
                     str(req.AffectedSOPInstanceUID),
@@ -313,21 +336,32 @@ class DimseHandlers:
             Path(name).unlink(missing_ok=True)
             log.exception("C-STORE: cannot stage the data set")
             return self._status(0xA700, f"cannot stage: {exc}")
+        session = self._sessions.get(event.assoc)
+        if session is None:
+            session = self._sessions.setdefault(event.assoc, _StoreSession())
         outcome = self.ctx.store.store(
             StagedFile(Path(name), size, hasher.hexdigest()),
             access=self.access(event).for_write(),
             expected_sop_class_uid=str(req.AffectedSOPClassUID),
             expected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            owners=session.owners,
         )
-        self._audit(
-            event,
-            "store",
-            "C",
-            8 if outcome.failed else 0,
-            study=outcome.study_instance_uid,
-            sop=str(req.AffectedSOPInstanceUID),
-            status=int(outcome.status),
-        )
+        study = outcome.study_instance_uid
+        seen = session.stored.get(study, 0) if study and not outcome.failed else None
+        if seen is not None:
+            session.stored[study] = seen + 1  # type: ignore[index]
+        if seen is None or seen == 0:
+            # failures one by one; a study's first instance at once (so the event exists
+            # while the association goes on); the others in the count of on_close
+            self._audit(
+                event,
+                "store",
+                "C",
+                8 if outcome.failed else 0,
+                study=study,
+                sop=str(req.AffectedSOPInstanceUID),
+                status=int(outcome.status),
+            )
         if outcome.failed or outcome.warnings:
             log.info(
                 "C-STORE %s from %s: 0x%04X %s",
