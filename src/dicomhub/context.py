@@ -43,7 +43,8 @@ class Context:
     audit: AuditService
 
     def close(self) -> None:
-        """Release database connections."""
+        """Release database connections and the blob store's threads."""
+        self.blobs.close()
         self.index.dispose()
 
 

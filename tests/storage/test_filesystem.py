@@ -46,3 +46,57 @@ def test_keys_cannot_escape_the_root(tmp_path: Path, key: str) -> None:
     store = FileSystemBlobStore(tmp_path / "root")
     with pytest.raises(ValueError):
         store.put_file(key, staged(store, b"x"))
+
+
+def test_presynced_files_are_placed_after_their_early_fsync(tmp_path: Path) -> None:
+    """presync starts the fsync on the store's threads; put_file / put_files wait for it
+    and place the exact bytes (what came in: 40 staged files of distinct content)."""
+    store = FileSystemBlobStore(tmp_path)
+    try:
+        files = []
+        for i in range(40):
+            path = store.staging_dir() / f"{i}.part"
+            path.write_bytes(bytes([i]) * (1000 + i))
+            store.presync(path)
+            files.append(path)
+        store.put_file("single/0.dcm", files[0])
+        errors = store.put_files([(f"group/{i}.dcm", p) for i, p in enumerate(files) if i])
+        assert errors == [None] * 39
+        assert store.local_path("single/0.dcm").read_bytes() == bytes([0]) * 1000
+        for i in range(1, 40):
+            assert store.local_path(f"group/{i}.dcm").read_bytes() == bytes([i]) * (1000 + i)
+        assert not store._presynced  # every early fsync was consumed by its placement
+    finally:
+        store.close()
+
+
+def test_a_failed_early_fsync_fails_the_placement(tmp_path: Path) -> None:
+    """What came in: presync of a staged file that was not there yet (its fsync fails);
+    the put_file of it reports that error instead of claiming durability."""
+    store = FileSystemBlobStore(tmp_path)
+    try:
+        path = store.staging_dir() / "late.part"
+        store.presync(path)
+        store._presynced[path].exception(timeout=10)  # the fsync has failed by now
+        path.write_bytes(b"late")
+        with pytest.raises(FileNotFoundError):
+            store.put_file("late.dcm", path)
+        assert not store.exists("late.dcm")
+    finally:
+        store.close()
+
+
+def test_early_fsyncs_of_files_never_placed_do_not_pile_up(tmp_path: Path) -> None:
+    """Files that fail validation are removed without being placed: their finished early
+    fsyncs are dropped once enough have gathered (what came in: 600 such files)."""
+    store = FileSystemBlobStore(tmp_path)
+    try:
+        for i in range(600):
+            path = store.staging_dir() / f"bad{i}.part"
+            path.write_bytes(b"x")
+            store.presync(path)
+            store._presynced[path].result(timeout=10)
+            path.unlink()
+        assert len(store._presynced) <= 256
+    finally:
+        store.close()

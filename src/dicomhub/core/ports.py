@@ -26,6 +26,11 @@ from dicomhub.core.query import Query
 class BlobStore(Protocol):
     """Blind object storage by opaque key (cf. Orthanc ``IStorageArea``)."""
 
+    def presync(self, source: Path) -> None:
+        """Start making the staged file ``source`` durable in the background, while the
+        caller validates it; the ``put_file`` that places it waits for that."""
+        ...
+
     def put_file(self, key: str, source: Path, *, fsync: bool = True) -> None:
         """Make ``source`` durable under ``key``; ``source`` is consumed (moved or deleted)."""
         ...

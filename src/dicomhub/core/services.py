@@ -108,6 +108,7 @@ class StoreService:
         expected_sop_instance_uid: str | None = None,
         original_transfer_syntax_uid: str | None = None,
         original_planar_configuration: int | None = None,
+        owners: dict[str, int] | None = None,
     ) -> StoreOutcome:
         """Validate, store and index one staged file; the staged file is always consumed.
 
@@ -115,7 +116,11 @@ class StoreService:
         command's Affected SOP Class/Instance UID); a data set that contradicts them fails
         with 0xA900 (PS3.4 B.2.3) and is not stored.  ``original_*`` is what a client
         that re-encoded the object losslessly before sending says it was (recorded only).
+        ``owners`` is a cache of store namespaces by Study Instance UID that a caller
+        keeps for one session of ``access`` (a DIMSE association): see :meth:`_owner`.
         """
+        if self.fsync:
+            self.blobs.presync(staged.path)  # the disk works while the object is parsed
         try:
             return self._guarded(
                 self._store,
@@ -124,6 +129,7 @@ class StoreService:
                 (expected_sop_class_uid, expected_sop_instance_uid),
                 access,
                 (original_transfer_syntax_uid, original_planar_configuration),
+                owners,
             )
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -147,6 +153,9 @@ class StoreService:
         outcomes: list[StoreOutcome | None] = [None] * len(received)
         ready: list[_Ready] = []
         leftovers: list[Path] = [r.staged.path for r in received]
+        if self.fsync:
+            for r in received:
+                self.blobs.presync(r.staged.path)
         try:
             for i, r in enumerate(received):
                 prepared = self._guarded(
@@ -190,7 +199,7 @@ class StoreService:
         if not ready:
             return
         default = self.index.default_owner()
-        owners: dict[str, int] = {}
+        owners: dict[str, int] = {}  # one request: grants are looked up once
         for r in ready:
             study = r.parsed.study_instance_uid
             if study not in owners:
@@ -267,13 +276,14 @@ class StoreService:
         expected: tuple[str | None, str | None],
         access: AccessScope,
         original: tuple[str | None, int | None] = (None, None),
+        owners: dict[str, int] | None = None,
     ) -> StoreOutcome:
         prepared = self._prepare(staged, expected_study_uid, expected, original)
         if isinstance(prepared, StoreOutcome):
             return prepared
         parsed, staged, outcome = prepared
         try:
-            return self._index_and_store(parsed, staged, outcome, access)
+            return self._index_and_store(parsed, staged, outcome, access, owners)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 staged.path.unlink()  # a transcoded copy not moved into storage
@@ -362,10 +372,9 @@ class StoreService:
         staged: StagedFile,
         outcome: StoreOutcome,
         access: AccessScope,
+        owners: dict[str, int] | None = None,
     ) -> StoreOutcome:
-        owner = self.index.store_owner(
-            parsed.study_instance_uid, access, self.index.default_owner()
-        )
+        owner = self._owner(parsed.study_instance_uid, access, owners)
         existing = self.index.find_instance(parsed.sop_instance_uid, owner)
         if existing is not None:
             return self._duplicate(existing, parsed, staged, outcome, owner)
@@ -383,6 +392,23 @@ class StoreService:
             outcome.message = f"cannot write to storage: {exc.strerror or exc}"
             return outcome
         return self._index_placed(parsed, staged, outcome, owner, key)
+
+    def _owner(self, study: str, access: AccessScope, owners: dict[str, int] | None) -> int:
+        """The namespace a store of ``study`` by ``access`` goes to, through ``owners``.
+
+        Only the caller's own namespace is remembered: it stays right for the session
+        whatever happens to the study meanwhile (the own namespace is also where a store
+        goes when the study is gone), whereas a grant on another subscriber's study can be
+        revoked, so that answer is looked up again each time.
+        """
+        if owners is not None and study in owners:
+            return owners[study]
+        default = self.index.default_owner()
+        owner = self.index.store_owner(study, access, default)
+        own = access.subscriber_pk if access.subscriber_pk is not None else default
+        if owners is not None and owner == own:
+            owners[study] = owner
+        return owner
 
     def _index_placed(
         self,
