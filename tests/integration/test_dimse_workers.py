@@ -164,3 +164,32 @@ def test_worker_serves_while_the_main_process_is_stopped(
     while Path(f"/proc/{workers[0]}").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not Path(f"/proc/{workers[0]}/cmdline").exists() or not _cmdline(workers[0])
+
+
+def test_a_killed_worker_is_restarted(
+    served: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    """What came in: SIGKILL of the DIMSE worker process (as the OOM killer does).  The
+    main process starts a new one; with the main process then frozen, the new worker
+    alone takes an association and stores."""
+    proc, port, tmp = served
+    (old,) = [c for c in _children(proc.pid) if "dicomhub.dimse.worker" in _cmdline(c)]
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    new: list[int] = []
+    while not new:
+        assert time.monotonic() < deadline, "the worker was not restarted"
+        time.sleep(0.2)
+        new = [
+            c for c in _children(proc.pid) if c != old and "dicomhub.dimse.worker" in _cmdline(c)
+        ]
+    while not _echo(port):  # the new worker is up once it answers (main answers too)
+        assert time.monotonic() < deadline, "DIMSE port does not answer"
+        time.sleep(0.2)
+    time.sleep(2)  # let the new worker finish starting before the main process freezes
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        assert _store(port, _copies(tmp, 2, "RESTARTED")) == [0, 0]
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert _find_count(port, "RESTARTED") == 2

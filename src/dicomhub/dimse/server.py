@@ -51,6 +51,8 @@ STORAGE_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.5",  # RLE Lossless
     "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
 ]
+#: Seconds before a DIMSE worker process that exited is started again.
+WORKER_RESTART_DELAY = 2.0
 QUERY_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
@@ -136,6 +138,8 @@ class DimseServer:
         self._listen = listen
         self._is_worker = listen is not None
         self._workers: list[subprocess.Popen[bytes]] = []
+        self._workers_lock = threading.Lock()
+        self._stopping = threading.Event()
 
     @property
     def port(self) -> int:
@@ -204,23 +208,46 @@ class DimseServer:
             log.info("DICOM TLS: listening on %s:%s", host, self.tls_port)
 
     def _spawn_workers(self) -> None:
-        """Start the worker processes on the shared socket, with these very settings."""
+        """Start the worker processes on the shared socket, with these very settings, and
+        a thread that restarts any that dies."""
+        for _ in range(self.settings.dimse_workers - 1):
+            self._workers.append(self._spawn_worker())
+        log.info("DIMSE: %d worker processes started", len(self._workers))
+        self._stopping.clear()
+        threading.Thread(target=self._supervise, name="DimseWorkers", daemon=True).start()
+
+    def _spawn_worker(self) -> subprocess.Popen[bytes]:
         assert self._listen is not None
         fd = self._listen.fileno()
         env = dict(os.environ)
         env[WORKER_SETTINGS_ENV] = self.settings.model_dump_json()
-        for _ in range(self.settings.dimse_workers - 1):
-            self._workers.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "dicomhub.dimse.worker", "--fd", str(fd)],
-                    pass_fds=(fd,),
-                    env=env,
+        command = [sys.executable, "-m", "dicomhub.dimse.worker", "--fd", str(fd)]
+        return subprocess.Popen([*command, "--parent", str(os.getpid())], pass_fds=(fd,), env=env)
+
+    def _supervise(self) -> None:
+        """Restart a worker process that exits while the server runs (a crash, the OOM
+        killer): its associations are lost, the next ones are served.  At most one restart
+        per worker every :data:`WORKER_RESTART_DELAY` seconds, so a worker that cannot
+        start does not spin."""
+        while not self._stopping.wait(1.0):
+            for i, proc in enumerate(list(self._workers)):
+                code = proc.poll()
+                if code is None or self._stopping.is_set():
+                    continue
+                log.warning(
+                    "DIMSE worker process %d exited with status %s; restarting it", proc.pid, code
                 )
-            )
-        log.info("DIMSE: %d worker processes started", len(self._workers))
+                if self._stopping.wait(WORKER_RESTART_DELAY):
+                    return
+                with self._workers_lock:
+                    if self._stopping.is_set():
+                        return
+                    self._workers[i] = self._spawn_worker()
 
     def stop(self) -> None:
         """Stop accepting and close associations (and stop the worker processes)."""
+        with self._workers_lock:
+            self._stopping.set()
         for proc in self._workers:
             if proc.poll() is None:
                 proc.terminate()

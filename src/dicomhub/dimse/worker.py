@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     """Serve DIMSE on the inherited socket until told to stop."""
     parser = argparse.ArgumentParser(prog="dicomhub.dimse.worker")
     parser.add_argument("--fd", type=int, required=True, help="inherited listening socket")
+    parser.add_argument(
+        "--parent", type=int, help="pid of the main process (default: the parent at start)"
+    )
     args = parser.parse_args(argv)
     raw = os.environ.get(WORKER_SETTINGS_ENV)
     if not raw:
@@ -36,10 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s[dimse-worker]: %(message)s",
     )
-    parent = os.getppid()
+    # the pid comes from the main process itself: read here, after the imports, getppid()
+    # would already name init if the main process died meanwhile
+    parent = args.parent or os.getppid()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if os.getppid() != parent:
+        logging.getLogger(__name__).warning("the main process %d is gone: not starting", parent)
+        return 0
     ctx = build_context(settings, migrate=False)
     server = DimseServer(ctx, listen=socket.socket(fileno=args.fd))
     server.start()
