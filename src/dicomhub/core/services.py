@@ -568,18 +568,11 @@ class RetrieveService:
         return self.pixels.transcode(self.local_path(item), transfer_syntax_uid)
 
     def frames_in(
-        self,
-        access: AccessScope,
-        study: str,
-        series: str,
-        instance: str,
-        numbers: Sequence[int],
-        transfer_syntax_uid: str,
-    ) -> tuple[StoredInstance, Iterator[bytes]]:
-        """Frames of one instance as fragments of a (compressed) syntax (PS3.18 §8.7.3.3.2)."""
-        item = self.instances(access, study, series, instance)[0]
-        path = self.local_path(item)
-        return item, self.pixels.frames_in(path, numbers, transfer_syntax_uid)
+        self, item: StoredInstance, numbers: Sequence[int], transfer_syntax_uid: str
+    ) -> Iterator[bytes]:
+        """Frames of an instance found by :meth:`instances`, as fragments of a (compressed)
+        syntax (PS3.18 §8.7.3.3.2)."""
+        return self.pixels.frames_in(self.local_path(item), numbers, transfer_syntax_uid)
 
     def pixel_records(
         self, access: AccessScope, study: str, series: str | None = None
@@ -627,13 +620,9 @@ class RetrieveService:
 
         return _gen()
 
-    def frames(
-        self, access: AccessScope, study: str, series: str, instance: str, numbers: Sequence[int]
-    ) -> tuple[StoredInstance, Iterator[bytes]]:
-        """Native frames of one instance (PS3.18 §10.4.1.1.4)."""
-        item = self.instances(access, study, series, instance)[0]
-        path = self.local_path(item)
-        return item, self.pixels.native_frames(path, numbers)
+    def frames(self, item: StoredInstance, numbers: Sequence[int]) -> Iterator[bytes]:
+        """Native frames of an instance found by :meth:`instances` (PS3.18 §10.4.1.1.4)."""
+        return self.pixels.native_frames(self.local_path(item), numbers)
 
     def rendered(
         self,

@@ -361,15 +361,14 @@ def _produce_frames(
     for choice in choices:
         target = stored if choice.transfer_syntax == AS_STORED else choice.transfer_syntax
         if target is None or (target in NATIVE_SYNTAXES and choice.transfer_syntax == AS_STORED):
-            _item, it = ctx.retrieve.frames(access, study, series, instance, numbers)
+            it = ctx.retrieve.frames(item, numbers)
             return f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}", list(it)
         if target in NATIVE_SYNTAXES:
             continue  # native frames are only offered in Explicit VR Little Endian form
         if target != stored and not ctx.retrieve.can_encode(target):
             continue
         try:
-            _item, it = ctx.retrieve.frames_in(access, study, series, instance, numbers, target)
-            data = list(it)
+            data = list(ctx.retrieve.frames_in(item, numbers, target))
         except CannotTranscode as exc:
             failure = exc
             continue

@@ -142,6 +142,7 @@ class SqlIndex:
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         self._default_owner: int | None = None
         self._statements: dict[str, tuple[Any, Any]] = {}
+        self._queries: dict[tuple[object, ...], Any] = {}  # statements with bind parameters
         if self.dialect == "sqlite":
             self.engine = self._sqlite_engine(url, immediate=False)
             self.write_engine = self._sqlite_engine(url, immediate=True)
@@ -266,16 +267,25 @@ class SqlIndex:
         now = datetime.now(UTC)
         return now.replace(tzinfo=None) if self.dialect == "sqlite" else now
 
-    def _grant_exists(self, access: AccessScope, series_col: Any) -> ColumnElement[bool]:
-        """EXISTS a live grant of the current study (or of ``series_col``) to ``access``."""
-        grantee = [grants.c.grantee_subscriber_pk == access.subscriber_pk]
+    def _grant_exists(
+        self, access: AccessScope, series_col: Any, bind: bool = False
+    ) -> ColumnElement[bool]:
+        """EXISTS a live grant of the current study (or of ``series_col``) to ``access``.
+
+        With ``bind`` the scope's subscriber, principal and the time are bind parameters
+        (``b_sub``, ``b_principal``, ``b_now``: see :meth:`_scope_params`), so the statement
+        can be built once and reused."""
+        sub: Any = bindparam("b_sub") if bind else access.subscriber_pk
+        grantee = [grants.c.grantee_subscriber_pk == sub]
         if access.principal_pk is not None:
-            grantee.append(grants.c.grantee_principal_pk == access.principal_pk)
+            who: Any = bindparam("b_principal") if bind else access.principal_pk
+            grantee.append(grants.c.grantee_principal_pk == who)
+        now: Any = bindparam("b_now") if bind else self._now()
         conds: list[ColumnElement[bool]] = [
             grants.c.owner_pk == studies.c.owner_pk,
             grants.c.study_instance_uid == studies.c.study_instance_uid,
             or_(*grantee),
-            or_(grants.c.expires_at.is_(None), grants.c.expires_at > self._now()),
+            or_(grants.c.expires_at.is_(None), grants.c.expires_at > now),
         ]
         if access.write:
             conds.append(grants.c.access == "write")
@@ -288,13 +298,24 @@ class SqlIndex:
             )
         return exists(select(grants.c.pk).where(*conds))
 
-    def _visible(self, access: AccessScope, level: Level) -> ColumnElement[bool]:
-        """Rows of ``studies`` (and ``series`` below study level) the scope may see."""
+    def _visible(
+        self, access: AccessScope, level: Level, bind: bool = False
+    ) -> ColumnElement[bool]:
+        """Rows of ``studies`` (and ``series`` below study level) the scope may see
+        (``bind``: as in :meth:`_grant_exists`)."""
         if access.everything:
             return true()
-        own = studies.c.owner_pk == access.subscriber_pk
+        own = studies.c.owner_pk == (bindparam("b_sub") if bind else access.subscriber_pk)
         series_col = series.c.series_instance_uid if level != Level.STUDY else None
-        return or_(own, self._grant_exists(access, series_col))
+        return or_(own, self._grant_exists(access, series_col, bind))
+
+    def _scope_params(self, access: AccessScope) -> dict[str, Any]:
+        """The bind parameters of a statement built with ``bind=True``."""
+        return {
+            "b_sub": access.subscriber_pk,
+            "b_principal": access.principal_pk,
+            "b_now": self._now(),
+        }
 
     def _insert_or_get(
         self, conn: Connection, table: Any, uid_col: str, uid: str, values: dict[str, Any]
@@ -499,13 +520,35 @@ class SqlIndex:
         If the same UIDs exist in several visible namespaces (own and granted), the
         caller's own copy wins.
         """
-        stmt = (
-            self._stored_select()
-            .where(self._resource_filter(study, series_uid, instance_uid, access))
-            .order_by(instances.c.series_pk, instances.c.instance_number, instances.c.pk)
+        # built once per shape (which UIDs, which kind of scope); the values are bound
+        shape = (
+            "instances",
+            series_uid is not None,
+            instance_uid is not None,
+            access.everything,
+            access.principal_pk is not None,
+            access.write,
         )
+        stmt = self._queries.get(shape)
+        if stmt is None:
+            conds = [
+                studies.c.study_instance_uid == bindparam("b_study"),
+                self._visible(access, Level.SERIES, bind=True),
+            ]
+            if series_uid is not None:
+                conds.append(series.c.series_instance_uid == bindparam("b_series"))
+            if instance_uid is not None:
+                conds.append(instances.c.sop_instance_uid == bindparam("b_sop"))
+            stmt = self._queries[shape] = (
+                self._stored_select()
+                .where(*conds)
+                .order_by(instances.c.series_pk, instances.c.instance_number, instances.c.pk)
+            )
+        params = {"b_study": study, "b_series": series_uid, "b_sop": instance_uid}
+        if not access.everything:
+            params.update(self._scope_params(access))
         with self.engine.connect() as conn:
-            found = [_stored(r) for r in conn.execute(stmt)]
+            found = [_stored(r) for r in conn.execute(stmt, params)]
         return _one_namespace(found, access)
 
     def metadata(
