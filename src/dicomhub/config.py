@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     fsync: bool = Field(True, description="fsync every stored object before indexing it.")
     workers: int = Field(1, description="HTTP worker processes.")
     token_ttl: int = Field(3600, description="Lifetime of issued bearer tokens (s).")
+    credential_cache_seconds: float = Field(
+        1.0,
+        description="How long a verified bearer token or API key is remembered per process "
+        "(s); a revocation made elsewhere takes effect within this time. 0 = check every "
+        "request.",
+    )
     lockout_threshold: int = Field(5, description="Failed logins before a principal locks.")
     lockout_seconds: int = Field(300, description="How long a locked principal stays locked (s).")
     oidc_issuer: str | None = Field(None, description="Trusted external OpenID Connect issuer.")

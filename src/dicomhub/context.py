@@ -79,6 +79,7 @@ def build_context(settings: Settings, *, migrate: bool = True) -> Context:
         token_ttl=settings.token_ttl,
         lockout_threshold=settings.lockout_threshold,
         lockout_seconds=settings.lockout_seconds,
+        credential_cache_seconds=settings.credential_cache_seconds,
     )
     return Context(
         settings=settings,

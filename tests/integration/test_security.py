@@ -133,6 +133,55 @@ def test_revoked_token_and_api_key(server: LiveServer) -> None:
     assert {"token-issue", "token-revoke", "apikey-issue", "apikey-revoke"} <= events
 
 
+def test_a_verified_credential_is_remembered_briefly(server: LiveServer) -> None:
+    """What came in: a token and an API key used twice, then revoked through another
+    service instance on the same database (as the CLI does), then revoked here.  A
+    remembered credential keeps working for at most ``credential_cache_seconds``; a
+    revocation through this server's own service ends it at once."""
+    auth = server.ctx.auth
+    auth.credential_cache_seconds = 30.0  # long enough to see the cache on a slow machine
+    try:
+        token, _ = auth.issue_token(CLI_ADMIN, "admin", 600, "test")
+        key = auth.issue_api_key(CLI_ADMIN, "admin", "cache", None, "test")
+        for credential in (token, key):
+            assert bearer(server, credential).status_code == 200
+            assert auth.cached_bearer(credential) is not None
+        # another process revokes the token: this one notices within the cache time
+        other = build_context(server.ctx.settings, migrate=False)
+        try:
+            other.auth.revoke(CLI_ADMIN, token, "test")
+        finally:
+            other.close()
+        assert bearer(server, token).status_code == 200  # still remembered here
+        auth.credential_cache_seconds = 0.0  # what an expired entry amounts to
+        assert auth.cached_bearer(token) is None
+        assert bearer(server, token).status_code == 401
+        auth.credential_cache_seconds = 30.0
+        assert bearer(server, key).status_code == 200
+        auth.revoke(CLI_ADMIN, key.split("_")[1], "test")  # through this service: at once
+        assert auth.cached_bearer(key) is None
+        assert bearer(server, key).status_code == 401
+    finally:
+        auth.credential_cache_seconds = 1.0
+
+
+def test_a_remembered_token_ends_with_its_expiry(server: LiveServer) -> None:
+    """What came in: a token with 2 s to live, remembered for 30 s: it is refused once
+    it has expired, the cache notwithstanding."""
+    auth = server.ctx.auth
+    auth.credential_cache_seconds = 30.0
+    try:
+        token, exp = auth.issue_token(CLI_ADMIN, "admin", 2, "test")
+        assert bearer(server, token).status_code == 200
+        assert auth.cached_bearer(token) is not None
+        while time.time() <= exp + 0.05:
+            time.sleep(0.1)
+        assert auth.cached_bearer(token) is None
+        assert bearer(server, token).status_code == 401
+    finally:
+        auth.credential_cache_seconds = 1.0
+
+
 def token_request(srv: LiveServer, **form: str) -> requests.Response:
     return requests.post(srv.origin + "/auth/token", data=form, timeout=30)
 

@@ -19,7 +19,9 @@ import ipaddress
 import logging
 import re
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -167,6 +169,7 @@ class AuthService:
         lockout_threshold: int = 5,
         lockout_seconds: int = 300,
         clock: Callable[[], float] = time.time,
+        credential_cache_seconds: float = 1.0,
     ) -> None:
         self.store = store
         self.hasher = hasher
@@ -176,6 +179,10 @@ class AuthService:
         self.lockout_threshold = lockout_threshold
         self.lockout_seconds = lockout_seconds
         self.clock = clock
+        self.credential_cache_seconds = credential_cache_seconds
+        # sha256(credential) -> (principal, valid until): see cached_bearer
+        self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     # -- bootstrap -------------------------------------------------------------------------
     def bootstrap_admin(self) -> str | None:
@@ -225,7 +232,8 @@ class AuthService:
 
     def login_client(self, client_id: str, secret: str, source: str) -> tuple[Principal, str, int]:
         """OAuth2 client-credentials grant: a device's name and one of its API keys."""
-        principal = self._api_key_principal(secret)
+        found = self._api_key_principal(secret)
+        principal = found[0] if found else None
         if principal is None or principal.name != client_id:
             self._audit_login(client_id, None, source, "http", 4, "bad client credentials")
             raise Unauthorized("invalid client credentials")
@@ -233,13 +241,48 @@ class AuthService:
         self._audit_login(client_id, None, source, "http", 0, "client_credentials")
         return principal, token, exp
 
+    def cached_bearer(self, token: str) -> Principal | None:
+        """The principal of a bearer credential that :meth:`authenticate_bearer` accepted
+        less than ``credential_cache_seconds`` ago (and that has not expired since); None
+        otherwise.  No I/O, so the HTTP edge asks here before it hands the full check to a
+        thread: a viewer's burst of frame requests with one token is verified once.  A
+        revocation done elsewhere (another process, the CLI) takes effect within that
+        time; one done through this service at once."""
+        if self.credential_cache_seconds <= 0:
+            return None
+        key = hashlib.sha256(token.encode()).digest()
+        with self._verified_lock:
+            hit = self._verified.get(key)
+        if hit is None or hit[1] <= self.clock():
+            return None
+        return hit[0]
+
+    def _remember(self, token: str, principal: Principal, expires_at: float | None) -> None:
+        if self.credential_cache_seconds <= 0:
+            return
+        until = self.clock() + self.credential_cache_seconds
+        if expires_at is not None:
+            until = min(until, expires_at)
+        key = hashlib.sha256(token.encode()).digest()
+        with self._verified_lock:
+            self._verified[key] = (principal, until)
+            self._verified.move_to_end(key)
+            while len(self._verified) > 4096:
+                self._verified.popitem(last=False)
+
+    def forget_verified(self) -> None:
+        """Drop every remembered credential (a credential was revoked)."""
+        with self._verified_lock:
+            self._verified.clear()
+
     def authenticate_bearer(self, token: str) -> Principal:
         """A principal from a JWT (own or trusted OIDC issuer) or an API key."""
         if token.startswith(API_KEY_PREFIX):
-            principal = self._api_key_principal(token)
-            if principal is None:
+            found = self._api_key_principal(token)
+            if found is None:
                 raise Unauthorized("invalid, expired or revoked API key")
-            return principal
+            self._remember(token, *found)
+            return found[0]
         try:
             claims = self.tokens.verify(token)
         except Exception as exc:
@@ -249,9 +292,12 @@ class AuthService:
         record = self.store.principal_get(claims.subject)
         if record is None or record.disabled:
             raise Unauthorized("unknown or disabled principal")
-        return record.principal()
+        principal = record.principal()
+        self._remember(token, principal, float(claims.expires_at) if claims.expires_at else None)
+        return principal
 
-    def _api_key_principal(self, key: str) -> Principal | None:
+    def _api_key_principal(self, key: str) -> tuple[Principal, float | None] | None:
+        """The key's principal and its expiry, if the key is valid."""
         parts = key.split("_")
         if len(parts) != 3 or parts[0] + "_" != API_KEY_PREFIX:
             return None
@@ -266,7 +312,7 @@ class AuthService:
         record = self.store.principal_by_pk(principal_pk)
         if record is None or record.disabled:
             return None
-        return record.principal()
+        return record.principal(), expires_at
 
     def authenticate_ae(self, calling_ae: str, address: str) -> Principal | None:
         """The device registered for ``calling_ae`` whose allowed addresses include
@@ -453,6 +499,7 @@ class AuthService:
             owner = self.store.principal_by_pk(found[0])
             self._target(actor, owner.name if owner else "")
             self.store.api_key_revoke(key_id)
+            self.forget_verified()
             self._credential_event(
                 actor,
                 "apikey-revoke",
@@ -469,6 +516,7 @@ class AuthService:
         self._target(actor, claims.subject)
         if claims.jti:
             self.store.token_revoke(claims.jti, float(claims.expires_at))
+            self.forget_verified()
         self._credential_event(
             actor, "token-revoke", claims.subject, actor.subscriber, source, jti=claims.jti
         )

@@ -63,7 +63,10 @@ async def get_principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not credential.strip():
         raise Unauthorized("authentication required: send Authorization: Bearer <token>")
     ctx: Context = request.app.state.ctx
-    principal = await run_in_threadpool(ctx.auth.authenticate_bearer, credential.strip())
+    token = credential.strip()
+    principal = ctx.auth.cached_bearer(token)  # no I/O: no thread hop when remembered
+    if principal is None:
+        principal = await run_in_threadpool(ctx.auth.authenticate_bearer, token)
     request.state.principal = principal
     return principal
 
