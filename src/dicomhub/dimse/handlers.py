@@ -321,14 +321,15 @@ class DimseHandlers:
         hasher = hashlib.sha256()
         size = 0
         try:
-            with open(name, "xb") as fh:
-                head = part10_header(
-                    str(req.AffectedSOPClassUID),
-                    str(req.AffectedSOPInstanceUID),
-                    str(event.context.transfer_syntax),
-                    str(event.assoc.requestor.ae_title),
-                )
-                for chunk in (head, req.DataSet.getvalue()):
+            head = part10_header(
+                str(req.AffectedSOPClassUID),
+                str(req.AffectedSOPInstanceUID),
+                str(event.context.transfer_syntax),
+                str(event.assoc.requestor.ae_title),
+            )
+            # the received bytes are written and hashed in place (no copy of the data set)
+            with open(name, "xb") as fh, req.DataSet.getbuffer() as body:
+                for chunk in (head, body):
                     fh.write(chunk)
                     hasher.update(chunk)
                     size += len(chunk)
