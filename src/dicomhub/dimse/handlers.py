@@ -348,10 +348,11 @@ class DimseHandlers:
             owners=session.owners,
         )
         study = outcome.study_instance_uid
-        seen = session.stored.get(study, 0) if study and not outcome.failed else None
-        if seen is not None:
-            session.stored[study] = seen + 1  # type: ignore[index]
-        if seen is None or seen == 0:
+        first = True  # failures are always "first": each is audited
+        if study and not outcome.failed:
+            first = study not in session.stored
+            session.stored[study] = session.stored.get(study, 0) + 1
+        if first:
             # failures one by one; a study's first instance at once (so the event exists
             # while the association goes on); the others in the count of on_close
             self._audit(
