@@ -37,11 +37,14 @@ def test_waits_follow_the_association_state(
     assoc: Association, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     event = SimpleNamespace(assoc=assoc)
-    reactor.on_pdu_received(event)  # a PDU came in: poll fast for the rest
+    reactor.on_pdu_received(event)  # a PDU came in: the DUL polls fast for the rest
     assert reactor.wait_for(assoc.dul) == (None, reactor.ACTIVE_DELAY)
-    assert reactor.wait_for(assoc) == (None, reactor.ACTIVE_DELAY)
+    state = reactor._states[assoc]
+    # nothing to dispatch yet: the association thread sleeps until a message is complete
+    assert reactor.wait_for(assoc) == (state.assoc_wake, reactor.IDLE_DELAY)
 
     reactor.on_dimse_received(event)  # the request is complete: the peer waits for us
+    assert state.assoc_wake.is_set()  # the association thread is woken to dispatch it
     dul_wait = reactor.wait_for(assoc.dul)
     assert dul_wait is not None
     wake, timeout = dul_wait
@@ -54,7 +57,7 @@ def test_waits_follow_the_association_state(
 
     monkeypatch.setattr(reactor, "ACTIVE_WINDOW", 0.0)  # long after the last PDU
     assert reactor.wait_for(assoc.dul) == (None, reactor.IDLE_DELAY)
-    assert reactor.wait_for(assoc) == (None, reactor.IDLE_DELAY)
+    assert reactor.wait_for(assoc) == (state.assoc_wake, reactor.IDLE_DELAY)
 
 
 def test_a_busy_dul_wait_is_ended_by_its_event(assoc: Association) -> None:

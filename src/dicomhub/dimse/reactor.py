@@ -13,7 +13,10 @@ So, per association, from pynetdicom's public notification events:
 
 - a complete DIMSE message received (``EVT_DIMSE_RECV``) wakes the association thread at
   once, and marks the association *busy*: its peer now waits for our answer, so the DUL
-  thread polls the socket at pynetdicom's 1 ms only;
+  thread polls the socket at pynetdicom's 1 ms only; the association thread polls every
+  :data:`ACTIVE_DELAY` while busy (the message reaches its queue just after the event) and
+  otherwise sleeps until the next ``EVT_DIMSE_RECV`` (at most 1 ms), so of an
+  association's two threads only one polls fast at a time;
 - a DIMSE message sent (``EVT_DIMSE_SENT``) wakes the DUL thread at once (the response
   leaves without waiting for its next poll) and ends *busy*;
 - while not busy and within :data:`ACTIVE_WINDOW` of the last received PDU
@@ -56,6 +59,7 @@ class _State:
     last_received: float = 0.0
     busy: bool = False
     dul_wake: threading.Event = field(default_factory=threading.Event)
+    assoc_wake: threading.Event = field(default_factory=threading.Event)
 
 
 _states: weakref.WeakKeyDictionary[Association, _State] = weakref.WeakKeyDictionary()
@@ -73,7 +77,9 @@ def on_pdu_received(event: Any) -> None:
 
 def on_dimse_received(event: Any) -> None:
     """``EVT_DIMSE_RECV``: a message is complete; the peer waits for our answer."""
-    _state(event.assoc).busy = True
+    state = _state(event.assoc)
+    state.busy = True
+    state.assoc_wake.set()
 
 
 def on_dimse_sent(event: Any) -> None:
@@ -108,6 +114,8 @@ def wait_for(thread: threading.Thread) -> tuple[threading.Event | None, float] |
         state = _states.get(thread)
         if state is None:
             return None
+        if not state.busy:  # nothing to dispatch until EVT_DIMSE_RECV wakes it
+            return state.assoc_wake, IDLE_DELAY
     else:
         return None
     active = time.monotonic() - state.last_received < ACTIVE_WINDOW
