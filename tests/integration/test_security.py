@@ -486,3 +486,48 @@ def test_audit_trail_is_append_only(server: LiveServer) -> None:
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(text(sql))
     assert server.ctx.auth.store.audit_query(principal="admin")
+
+
+def test_frames_and_searches_are_audited_once_with_their_status(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """Frames and QIDO-RS searches write their audit event together with their work (one
+    thread hop); the middleware must neither skip nor repeat it.  What came in: a CT and
+    an MR sample stored by STOW-RS, then as admin a frame of each, a search, and a frame
+    of an instance that does not exist (404)."""
+    import pydicom
+
+    from conftest import SAMPLES
+    from integration.dimse_helpers import CT_LE, MR_LE
+    from integration.helpers import stow_body
+
+    body, ctype = stow_body([SAMPLES / CT_LE, SAMPLES / MR_LE])
+    r = http.post(server.url + "/studies", data=body, headers={"Content-Type": ctype}, timeout=60)
+    assert r.status_code == 200, r.text
+    paths = []
+    for sample in (CT_LE, MR_LE):
+        ds = pydicom.dcmread(SAMPLES / sample, stop_before_pixels=True)
+        paths.append(
+            f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}/frames/1"
+        )
+    missing = paths[0].rsplit("/instances/", 1)[0] + "/instances/1.2.3.4.5/frames/1"
+    accept = {"Accept": 'multipart/related; type="application/octet-stream"'}
+    for path in paths:
+        assert http.get(server.origin + path, headers=accept, timeout=30).status_code == 200
+    assert http.get(server.origin + missing, headers=accept, timeout=30).status_code == 404
+    query = "PatientID=no-such-patient-" + tmp_path.name
+    r = http.get(server.url + "/studies?" + query, timeout=30)
+    assert r.status_code == 200 and r.json() == []
+
+    events = server.ctx.auth.store.audit_query(principal="admin", limit=1000)
+    for path in paths:
+        mine = [e for e in events if e["detail"].get("path") == path]
+        assert [(e["event"], e["detail"]["status"], e["outcome"]) for e in mine] == [
+            ("retrieve", 200, 0)
+        ]
+    mine = [e for e in events if e["detail"].get("path") == missing]
+    assert [(e["detail"]["status"], e["outcome"]) for e in mine] == [(404, 4)]
+    mine = [e for e in events if e["detail"].get("query") == query]
+    assert [(e["event"], e["detail"]["status"]) for e in mine] == [("query", 200)]
+    assert all(e["source"] == "127.0.0.1" and e["interface"] == "http" for e in mine)

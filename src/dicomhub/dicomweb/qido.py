@@ -6,13 +6,13 @@ import json
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from dicomhub.core.access import AccessScope
 from dicomhub.core.attributes import Level
 from dicomhub.core.query import parse_qido
 from dicomhub.dicomweb.deps import Access, BaseURL, Ctx
 from dicomhub.dicomweb.media import negotiate_json
+from dicomhub.dicomweb.security import run_audited
 
 router = APIRouter()
 
@@ -33,7 +33,7 @@ async def _search(
         default_limit=ctx.settings.qido_default_limit,
         max_limit=ctx.settings.qido_max_limit,
     )
-    results = await run_in_threadpool(ctx.query.search_json, access, query, scope, base)
+    results = await run_audited(request, ctx.query.search_json, access, query, scope, base)
     body = json.dumps(results, separators=(",", ":"), ensure_ascii=False).encode()
     return Response(body, media_type="application/dicom+json")
 

@@ -40,6 +40,7 @@ from dicomhub.dicomweb.media import (
     negotiate_rendered,
 )
 from dicomhub.dicomweb.multipart import closing, new_boundary, part_header
+from dicomhub.dicomweb.security import run_audited
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -395,8 +396,8 @@ async def retrieve_frames(
     _check_uids(study, series, instance)
     numbers = parse_frame_list(frames)
     choices = frame_choices(request.headers.get("accept"))
-    ctype, data = await run_in_threadpool(
-        _produce_frames, ctx, access, (study, series, instance), numbers, choices
+    ctype, data = await run_audited(
+        request, _produce_frames, ctx, access, (study, series, instance), numbers, choices
     )
     if len(data) == 1 and all(c.single_part for c in choices):
         return Response(data[0], media_type=ctype)
