@@ -48,7 +48,7 @@ def test_waits_follow_the_association_state(
     dul_wait = reactor.wait_for(assoc.dul)
     assert dul_wait is not None
     wake, timeout = dul_wait
-    assert wake is not None and timeout == reactor.IDLE_DELAY and not wake.is_set()
+    assert wake is not None and timeout == reactor.BUSY_DELAY and not wake.is_set()
     assert reactor.wait_for(assoc) == (None, reactor.ACTIVE_DELAY)
 
     reactor.on_dimse_sent(event)  # our answer is queued: the DUL thread is woken for it
