@@ -155,6 +155,11 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _credential_key(token: str) -> bytes:
+    """How a verified credential is remembered: by its SHA-256, never the secret itself."""
+    return hashlib.sha256(token.encode()).digest()
+
+
 class AuthService:
     """Principals, credentials and grants; authentication for both edges."""
 
@@ -250,9 +255,8 @@ class AuthService:
         time; one done through this service at once."""
         if self.credential_cache_seconds <= 0:
             return None
-        key = hashlib.sha256(token.encode()).digest()
         with self._verified_lock:
-            hit = self._verified.get(key)
+            hit = self._verified.get(_credential_key(token))
         if hit is None or hit[1] <= self.clock():
             return None
         return hit[0]
@@ -263,7 +267,7 @@ class AuthService:
         until = self.clock() + self.credential_cache_seconds
         if expires_at is not None:
             until = min(until, expires_at)
-        key = hashlib.sha256(token.encode()).digest()
+        key = _credential_key(token)
         with self._verified_lock:
             self._verified[key] = (principal, until)
             self._verified.move_to_end(key)

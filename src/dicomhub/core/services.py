@@ -94,6 +94,13 @@ class StoreService:
         self.pixels = pixels
         self.ingest_transfer_syntax = ingest_transfer_syntax
 
+    @property
+    def _presync(self) -> bool:
+        """Whether received files are fsynced early, while they are parsed: only when
+        they are stored as received (with an ingest syntax most would be replaced by their
+        re-encoded copy, and their fsync wasted)."""
+        return self.fsync and self.ingest_transfer_syntax is None
+
     def staging_dir(self) -> Path:
         """Where edges write incoming bytes before calling :meth:`store`."""
         return self.blobs.staging_dir()
@@ -119,7 +126,7 @@ class StoreService:
         ``owners`` is a cache of store namespaces by Study Instance UID that a caller
         keeps for one session of ``access`` (a DIMSE association): see :meth:`_owner`.
         """
-        if self.fsync:
+        if self._presync:
             self.blobs.presync(staged.path)  # the disk works while the object is parsed
         try:
             return self._guarded(
@@ -153,7 +160,7 @@ class StoreService:
         outcomes: list[StoreOutcome | None] = [None] * len(received)
         ready: list[_Ready] = []
         leftovers: list[Path] = [r.staged.path for r in received]
-        if self.fsync:
+        if self._presync:
             for r in received:
                 self.blobs.presync(r.staged.path)
         try:
@@ -198,13 +205,9 @@ class StoreService:
         """Blobs of ``ready`` in place (one fsync per directory), then one index insert."""
         if not ready:
             return
-        default = self.index.default_owner()
-        owners: dict[str, int] = {}  # one request: grants are looked up once
-        for r in ready:
-            study = r.parsed.study_instance_uid
-            if study not in owners:
-                owners[study] = self.index.store_owner(study, access, default)
-            r.owner = owners[study]
+        owners: dict[str, int] = {}
+        for r in ready:  # one request: a granted namespace too is looked up once
+            r.owner = self._owner(r.parsed.study_instance_uid, access, owners, keep_granted=True)
         existing: dict[int, dict[str, StoredInstance]] = {}
         for owner in set(owners.values()):
             sops = [r.parsed.sop_instance_uid for r in ready if r.owner == owner]
@@ -393,20 +396,27 @@ class StoreService:
             return outcome
         return self._index_placed(parsed, staged, outcome, owner, key)
 
-    def _owner(self, study: str, access: AccessScope, owners: dict[str, int] | None) -> int:
+    def _owner(
+        self,
+        study: str,
+        access: AccessScope,
+        owners: dict[str, int] | None,
+        keep_granted: bool = False,
+    ) -> int:
         """The namespace a store of ``study`` by ``access`` goes to, through ``owners``.
 
-        Only the caller's own namespace is remembered: it stays right for the session
-        whatever happens to the study meanwhile (the own namespace is also where a store
-        goes when the study is gone), whereas a grant on another subscriber's study can be
-        revoked, so that answer is looked up again each time.
+        For a session (a DIMSE association) only the caller's own namespace is remembered:
+        it stays right whatever happens to the study meanwhile (the own namespace is also
+        where a store goes when the study is gone), whereas a grant on another subscriber's
+        study can be revoked, so that answer is looked up again each time.  Within one
+        request (``keep_granted``) every answer is kept.
         """
         if owners is not None and study in owners:
             return owners[study]
         default = self.index.default_owner()
         owner = self.index.store_owner(study, access, default)
         own = access.subscriber_pk if access.subscriber_pk is not None else default
-        if owners is not None and owner == own:
+        if owners is not None and (keep_granted or owner == own):
             owners[study] = owner
         return owner
 

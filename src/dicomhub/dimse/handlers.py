@@ -337,9 +337,7 @@ class DimseHandlers:
             Path(name).unlink(missing_ok=True)
             log.exception("C-STORE: cannot stage the data set")
             return self._status(0xA700, f"cannot stage: {exc}")
-        session = self._sessions.get(event.assoc)
-        if session is None:
-            session = self._sessions.setdefault(event.assoc, _StoreSession())
+        session = self._sessions.setdefault(event.assoc, _StoreSession())
         outcome = self.ctx.store.store(
             StagedFile(Path(name), size, hasher.hexdigest()),
             access=self.access(event).for_write(),

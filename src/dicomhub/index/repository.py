@@ -500,12 +500,23 @@ class SqlIndex:
         series_uid: str | None,
         instance: str | None,
         access: AccessScope,
+        bind: bool = False,
     ) -> ColumnElement[bool]:
-        conds = [studies.c.study_instance_uid == study, self._visible(access, Level.SERIES)]
+        """A study, series or instance the scope may see; with ``bind`` the UIDs are the
+        bind parameters ``b_study``, ``b_series``, ``b_sop`` (and the scope's as in
+        :meth:`_grant_exists`), so the statement can be built once per shape."""
+
+        def uid(name: str, value: str) -> Any:
+            return bindparam(name) if bind else value
+
+        conds = [
+            studies.c.study_instance_uid == uid("b_study", study),
+            self._visible(access, Level.SERIES, bind),
+        ]
         if series_uid is not None:
-            conds.append(series.c.series_instance_uid == series_uid)
+            conds.append(series.c.series_instance_uid == uid("b_series", series_uid))
         if instance is not None:
-            conds.append(instances.c.sop_instance_uid == instance)
+            conds.append(instances.c.sop_instance_uid == uid("b_sop", instance))
         return and_(*conds)
 
     def instances(
@@ -531,17 +542,9 @@ class SqlIndex:
         )
         stmt = self._queries.get(shape)
         if stmt is None:
-            conds = [
-                studies.c.study_instance_uid == bindparam("b_study"),
-                self._visible(access, Level.SERIES, bind=True),
-            ]
-            if series_uid is not None:
-                conds.append(series.c.series_instance_uid == bindparam("b_series"))
-            if instance_uid is not None:
-                conds.append(instances.c.sop_instance_uid == bindparam("b_sop"))
             stmt = self._queries[shape] = (
                 self._stored_select()
-                .where(*conds)
+                .where(self._resource_filter(study, series_uid, instance_uid, access, bind=True))
                 .order_by(instances.c.series_pk, instances.c.instance_number, instances.c.pk)
             )
         params = {"b_study": study, "b_series": series_uid, "b_sop": instance_uid}

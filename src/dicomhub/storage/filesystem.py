@@ -61,7 +61,9 @@ class FileSystemBlobStore:
             if len(self._presynced) >= _PRESYNC_SWEEP:  # files removed without being placed
                 for path in [p for p, f in self._presynced.items() if f.done()]:
                     del self._presynced[path]
-            self._presynced[source] = self._presync_pool.submit(_fsync, source)
+            # RuntimeError: the interpreter is exiting; put_file then syncs the file itself
+            with contextlib.suppress(RuntimeError):
+                self._presynced[source] = self._presync_pool.submit(_fsync, source)
 
     def close(self) -> None:
         """Wait for the early fsyncs still running and stop their threads."""
