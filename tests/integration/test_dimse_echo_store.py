@@ -16,13 +16,16 @@ lengths (gggg,0000) and trailing padding (FFFC,FFFC) and labels encapsulated pix
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
+import pytest
 from pydicom.uid import UID
 from pynetdicom import AE
 
 from conftest import SAMPLES, LiveNode
+from dicomhub.dimse import handlers
 from integration.dimse_helpers import (
     CT_LE,
     PYNETDICOM_ONLY,
@@ -68,7 +71,8 @@ def test_echoscu(node: LiveNode) -> None:
 
 def _check_arrived(node: LiveNode, cand: Candidate, calling_ae: str) -> list[str]:
     """QIDO finds the instance by SOPInstanceUID; WADO-RS returns it in the syntax it was
-    sent in, with the File Meta Information of the command, and an equal data set."""
+    sent in, with the File Meta Information of the command, and an equal data set; the
+    index holds the SHA-256 of the stored file."""
     found = qido_instances(node, SOPInstanceUID=cand.sop)
     if [(uid(f, "0020000D"), uid(f, "0020000E"), uid(f, "00080018")) for f in found] != [
         (cand.study, cand.series, cand.sop)
@@ -86,6 +90,11 @@ def _check_arrived(node: LiveNode, cand: Candidate, calling_ae: str) -> list[str
         problems.append(f"MediaStorageSOPClassUID {meta.MediaStorageSOPClassUID}")
     if str(meta.get("SourceApplicationEntityTitle", "")).strip() != calling_ae:
         problems.append(f"SourceApplicationEntityTitle {meta.get('SourceApplicationEntityTitle')}")
+    stored = node.ctx.index.find_instance(cand.sop, node.ctx.index.default_owner())
+    assert stored is not None
+    digest = hashlib.sha256(node.ctx.blobs.local_path(stored.storage_key).read_bytes())
+    if digest.hexdigest() != stored.sha256:
+        problems.append("the SHA-256 of the stored file differs from the index's")
     return problems
 
 
@@ -110,6 +119,25 @@ def test_storescu_across_transfer_syntaxes(node: LiveNode) -> None:
     assert not failures, "\n".join(f"{k}: {'; '.join(v)}" for k, v in sorted(failures.items()))
     total = sum(len(c) for c in BY_STORESCU.values())
     assert node.ctx.index.count_instances() == total
+
+
+def test_storescu_objects_parsed_from_their_staged_file(
+    node: LiveNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects above the in-memory parsing limit (here: every object) are staged, hashed
+    and parsed from their file instead: one per storescu syntax, each arrives as sent,
+    with the SHA-256 of its stored file in the index."""
+    monkeypatch.setattr(handlers, "PARSE_IN_MEMORY_MAX", 0)
+    failures: dict[str, list[str]] = {}
+    for ts, cands in BY_STORESCU.items():
+        cand = cands[0]
+        proc = run(["storescu", "-v", "-R", STORESCU_FLAG[ts], *peer(node), cand.path])
+        assert proc.returncode == 0, f"{ts}: {describe(proc)}"
+        assert "Received Store Response (Success)" in proc.stdout + proc.stderr, describe(proc)
+        problems = _check_arrived(node, cand, "STORESCU")
+        if problems:
+            failures[f"{ts} {cand.sample.id}"] = problems
+    assert not failures, "\n".join(f"{k}: {'; '.join(v)}" for k, v in sorted(failures.items()))
 
 
 def test_pynetdicom_sends_what_dcmtk_cannot(node: LiveNode, tmp_path: Path) -> None:

@@ -95,11 +95,11 @@ class PydicomPixelCodec:
         return bytes(value)
 
     def pixel_digest(
-        self, path: Path, parsed: ParsedInstance | None = None
+        self, path: Path, parsed: ParsedInstance | None = None, content: bytes | None = None
     ) -> tuple[str | None, int | None]:
         """Pixel digest (v1) and stored Planar Configuration (codecs/transcode.py)."""
         if parsed is not None:
-            fast = transcode.native_digest_from_parsed(path, parsed)
+            fast = transcode.native_digest_from_parsed(path, parsed, content)
             if fast is not None:
                 return fast
         result = _decoded_digest(path)

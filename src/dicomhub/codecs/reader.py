@@ -9,7 +9,9 @@ raises :class:`~dicomhub.core.errors.StoreFailure` with the PS3.4 B.2.3 failure 
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import struct
 import warnings
 from pathlib import Path
@@ -120,30 +122,29 @@ def _walk(
         fp.seek(length, 1)
 
 
-def check_complete(path: Path, ds: FileDataset) -> tuple[int, int] | None:
-    """Verify every element lies within the file; return ``(pixel tag, value offset)``.
+def check_complete(fp: BinaryIO, size: int, ds: FileDataset) -> tuple[int, int] | None:
+    """Verify every element of the file ``fp`` (``size`` bytes) lies within it; return
+    ``(pixel tag, value offset)``.
 
     pydicom stops silently at a truncated element, so this walk is what detects a cut
     transfer.  Deflated data sets are checked by inflating them in full instead.
     """
     tsuid = ds.file_meta.TransferSyntaxUID
-    size = path.stat().st_size
-    with open(path, "rb") as fp:
-        if tsuid in DEFLATED:
-            import zlib
+    if tsuid in DEFLATED:
+        import zlib
 
-            fp.seek(_dataset_start(fp))
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            while chunk := fp.read(1 << 20):
-                inflater.decompress(chunk, 0)
-            if not inflater.eof:
-                raise _Truncated("deflated data set ends before the end of the zlib stream")
-            return None
         fp.seek(_dataset_start(fp))
-        ts = UID(tsuid)
-        little = ts.is_little_endian if ts.is_transfer_syntax else True
-        explicit = not ts.is_implicit_VR if ts.is_transfer_syntax else True
-        return _walk(fp, size, little, explicit)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        while chunk := fp.read(1 << 20):
+            inflater.decompress(chunk, 0)
+        if not inflater.eof:
+            raise _Truncated("deflated data set ends before the end of the zlib stream")
+        return None
+    fp.seek(_dataset_start(fp))
+    ts = UID(tsuid)
+    little = ts.is_little_endian if ts.is_transfer_syntax else True
+    explicit = not ts.is_implicit_VR if ts.is_transfer_syntax else True
+    return _walk(fp, size, little, explicit)
 
 
 def _dataset_start(fp: BinaryIO) -> int:
@@ -281,12 +282,18 @@ class DicomFileReader:
     def __init__(self, bulk_data_threshold: int = 1024) -> None:
         self.bulk_data_threshold = bulk_data_threshold
 
-    def read(self, path: Path) -> ParsedInstance:
-        """Parse and validate one received object (PS3.10 §7.1 File Meta Information)."""
+    def read(self, path: Path, content: bytes | None = None) -> ParsedInstance:
+        """Parse and validate one received object (PS3.10 §7.1 File Meta Information):
+        the file at ``path``, or its bytes ``content`` when the caller holds them."""
+        with io.BytesIO(content) if content is not None else open(path, "rb") as fp:
+            size = len(content) if content is not None else os.fstat(fp.fileno()).st_size
+            return self._read(fp, size)
+
+    def _read(self, fp: BinaryIO, size: int) -> ParsedInstance:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=False)
         except InvalidDicomError as exc:
             raise StoreFailure(
                 Status.CANNOT_UNDERSTAND,
@@ -301,7 +308,7 @@ class DicomFileReader:
             )
         tsuid = str(meta.TransferSyntaxUID)
         try:
-            pixel = check_complete(path, ds)
+            pixel = check_complete(fp, size, ds)
         except _Truncated as exc:
             raise StoreFailure(Status.CANNOT_UNDERSTAND, f"truncated data set: {exc}") from None
         except Exception as exc:

@@ -211,10 +211,13 @@ def pixel_digest_and_planar(path: Path) -> tuple[str | None, int | None]:
         return None, None
 
 
-def native_digest_from_parsed(path: Path, parsed: Any) -> tuple[str, int] | None:
+def native_digest_from_parsed(
+    path: Path, parsed: Any, content: bytes | None = None
+) -> tuple[str, int] | None:
     """(digest, planar) of native little-endian Pixel Data from what the ingest reader
-    found (its DICOM JSON and the value offset), without parsing the header again;
-    ``None`` when that shortcut does not apply (the general path then decides)."""
+    found (its DICOM JSON and the value offset), without parsing the header again, from
+    the file's bytes ``content`` when given; ``None`` when that shortcut does not apply
+    (the general path then decides)."""
     meta = parsed.metadata
     offset = parsed.pixel_data_offset
     if (
@@ -242,6 +245,12 @@ def native_digest_from_parsed(path: Path, parsed: Any) -> tuple[str, int] | None
     if str(meta.get("00280004", {}).get("Value", [""])[0]).strip() == "YBR_FULL_422":
         return None
     total = rows * columns * samples * (bits // 8) * frames
+    if content is not None:
+        view = memoryview(content)
+        length = int.from_bytes(view[offset - 4 : offset], "little")
+        if length == 0xFFFFFFFF or total > length or offset + total > len(view):
+            return None
+        return hashlib.sha256(view[offset : offset + total]).hexdigest(), planar
     with path.open("rb") as fh:
         fh.seek(offset - 4)
         length = int.from_bytes(fh.read(4), "little")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -26,11 +27,23 @@ class Status(IntEnum):
 
 @dataclass(frozen=True)
 class StagedFile:
-    """A received object written to local staging storage, not yet in the archive."""
+    """A received object written to local staging storage, not yet in the archive.
+
+    ``digest`` is the SHA-256 of the file, or a future of it when the edge hashes on
+    another thread while the object is parsed (:attr:`sha256` waits for it).
+    ``content``, when the edge still holds them, are the file's bytes: the reader and the
+    pixel digest then work from memory instead of reading the file back.
+    """
 
     path: Path
     size: int
-    sha256: str
+    digest: str | Future[str]
+    content: bytes | None = None
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of the file (hex)."""
+        return self.digest if isinstance(self.digest, str) else self.digest.result()
 
 
 @dataclass

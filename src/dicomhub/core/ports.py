@@ -70,8 +70,10 @@ class BlobStore(Protocol):
 class InstanceReader(Protocol):
     """Parses and validates a received Part 10 file (PS3.10 §7)."""
 
-    def read(self, path: Path) -> ParsedInstance:
-        """Parse; raise :class:`~dicomhub.core.errors.StoreFailure` with the reason if invalid."""
+    def read(self, path: Path, content: bytes | None = None) -> ParsedInstance:
+        """Parse the file at ``path`` (or its bytes ``content``, when the caller holds
+        them); raise :class:`~dicomhub.core.errors.StoreFailure` with the reason if
+        invalid."""
         ...
 
 
@@ -217,12 +219,12 @@ class PixelCodec(Protocol):
         ...
 
     def pixel_digest(
-        self, path: Path, parsed: ParsedInstance | None = None
+        self, path: Path, parsed: ParsedInstance | None = None, content: bytes | None = None
     ) -> tuple[str | None, int | None]:
         """(pixel digest, Planar Configuration as stored) of an object; digest ``None``
         when it has no decodable Pixel Data (codecs/transcode.py defines the digest).
         ``parsed`` (what the reader found) lets native pixel data be hashed without
-        parsing the header again."""
+        parsing the header again, from ``content`` (the file's bytes) when given."""
         ...
 
     def transcode(

@@ -300,7 +300,7 @@ class StoreService:
     ) -> StoreOutcome | tuple[ParsedInstance, StagedFile, StoreOutcome]:
         """Parse and check one object, record its pixel digest and apply the ingest
         policy: a failed outcome, or what to store (``staged`` may be a transcoded copy)."""
-        parsed = self.reader.read(staged.path)
+        parsed = self.reader.read(staged.path, staged.content)
         outcome = StoreOutcome(
             status=Status.SUCCESS,
             sop_class_uid=parsed.sop_class_uid,
@@ -327,7 +327,7 @@ class StoreService:
             return outcome
         parsed.original_transfer_syntax_uid = original[0] or parsed.transfer_syntax_uid
         if self.pixels is not None and parsed.pixel_data_offset is not None:
-            digest, planar = self.pixels.pixel_digest(staged.path, parsed)
+            digest, planar = self.pixels.pixel_digest(staged.path, parsed, staged.content)
             parsed.pixel_digest = digest
             parsed.original_planar_configuration = (
                 original[1] if original[0] and original[1] is not None else planar

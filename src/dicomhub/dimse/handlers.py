@@ -21,6 +21,7 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -318,8 +319,6 @@ class DimseHandlers:
         """
         req: Any = event.request
         name = str(self.ctx.store.staging_dir() / f"{uuid.uuid4().hex}.part")
-        hasher = hashlib.sha256()
-        size = 0
         try:
             head = part10_header(
                 str(req.AffectedSOPClassUID),
@@ -327,19 +326,32 @@ class DimseHandlers:
                 str(event.context.transfer_syntax),
                 str(event.assoc.requestor.ae_title),
             )
-            # the received bytes are written and hashed in place (no copy of the data set)
-            with open(name, "xb") as fh, req.DataSet.getbuffer() as body:
-                for chunk in (head, body):
-                    fh.write(chunk)
-                    hasher.update(chunk)
-                    size += len(chunk)
+            with req.DataSet.getbuffer() as body:
+                if len(body) <= PARSE_IN_MEMORY_MAX:
+                    joined = b"".join((head, body))  # the file, parsed from memory
+                    content: bytes | None = joined
+                    chunks: tuple[bytes | memoryview, ...] = (joined,)
+                else:  # a large object is not copied: written and hashed in place
+                    content, chunks = None, (head, body)
+                with open(name, "xb") as fh:
+                    for chunk in chunks:
+                        fh.write(chunk)
+                if content is None:
+                    hasher = hashlib.sha256(head)
+                    hasher.update(body)
+                size = len(head) + len(body)
         except Exception as exc:
             Path(name).unlink(missing_ok=True)
             log.exception("C-STORE: cannot stage the data set")
             return self._status(0xA700, f"cannot stage: {exc}")
+        # the file's SHA-256 runs on another core while the object is parsed (hashlib
+        # releases the GIL); the store waits for it only when it places the file
+        digest: str | Future[str] = (
+            hasher.hexdigest() if content is None else _hashing().submit(_sha256_hex, content)
+        )
         session = self._sessions.setdefault(event.assoc, _StoreSession())
         outcome = self.ctx.store.store(
-            StagedFile(Path(name), size, hasher.hexdigest()),
+            StagedFile(Path(name), size, digest, content),
             access=self.access(event).for_write(),
             expected_sop_class_uid=str(req.AffectedSOPClassUID),
             expected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
@@ -721,6 +733,27 @@ def _element(tag: int, vr: bytes, value: bytes) -> bytes:
 def _padded(value: str, pad: bytes) -> bytes:
     data = value.encode("ascii")
     return data + pad if len(data) % 2 else data
+
+
+#: Largest received data set parsed from a copy in memory; a larger one is parsed from
+#: its staged file (no second copy of a big multi-frame object in memory).
+PARSE_IN_MEMORY_MAX = 64 << 20
+_HASHERS: ThreadPoolExecutor | None = None
+_HASHERS_LOCK = threading.Lock()
+
+
+def _hashing() -> ThreadPoolExecutor:
+    """Threads that hash received objects beside the association threads (created on
+    first use, for the life of the process)."""
+    global _HASHERS
+    with _HASHERS_LOCK:
+        if _HASHERS is None:
+            _HASHERS = ThreadPoolExecutor(2, thread_name_prefix="cstore-sha256")
+        return _HASHERS
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def part10_header(
