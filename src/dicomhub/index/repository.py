@@ -30,7 +30,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import NullPool
 
 from dicomhub.core.access import SYSTEM, AccessScope
@@ -143,6 +143,8 @@ class SqlIndex:
         self._default_owner: int | None = None
         self._statements: dict[str, tuple[Any, Any]] = {}
         self._queries: dict[tuple[object, ...], Any] = {}  # statements with bind parameters
+        # ingest statements compiled to the driver's SQL (see _run)
+        self._plans: dict[tuple[int, tuple[str, ...]], tuple[str, Any] | None] = {}
         if self.dialect == "sqlite":
             self.engine = self._sqlite_engine(url, immediate=False)
             self.write_engine = self._sqlite_engine(url, immediate=True)
@@ -325,13 +327,13 @@ class SqlIndex:
         construction: that is most of the cost of a small statement in SQLAlchemy)."""
         find, insert_stmt = self._upsert_statements(table, uid_col)
         key = {"b_uid": uid, "b_owner": values["owner_pk"]}
-        pk = conn.execute(find, key).scalar()
-        if pk is not None:
-            return int(pk), False
-        pk = conn.execute(insert_stmt, _clip(table, values)).scalar()
-        if pk is not None:
-            return int(pk), True
-        return int(conn.execute(find, key).scalar_one()), False
+        found = self._run(conn, find, key)
+        if found:
+            return int(found[0][0]), False
+        created = self._run(conn, insert_stmt, _clip(table, values))
+        if created:
+            return int(created[0][0]), True
+        return int(self._run(conn, find, key)[0][0]), False
 
     def _upsert_statements(self, table: Any, uid_col: str) -> tuple[Any, Any]:
         cached = self._statements.get(table.name)
@@ -348,6 +350,49 @@ class SqlIndex:
             insert_stmt = insert_fn(table).on_conflict_do_nothing().returning(table.c.pk)
             cached = self._statements[table.name] = (find, insert_stmt)
         return cached
+
+    def _run(
+        self, conn: Connection, stmt: Any, params: dict[str, Any] | list[dict[str, Any]]
+    ) -> list[Any]:
+        """Execute one of the ingest statements on the driver's cursor of ``conn`` (inside
+        its transaction); its rows (if it returns any).
+
+        The statement is compiled once per shape of its parameters and then run as plain
+        SQL: SQLAlchemy's execution machinery costs more than SQLite's own work for these
+        small statements, and an instance takes seven of them.  Statements whose
+        parameters need SQLAlchemy's type conversion are executed by SQLAlchemy.
+        """
+        rows: list[dict[str, Any]] = params if isinstance(params, list) else [params]
+        many = isinstance(params, list)
+        first = rows[0]
+        key = (id(stmt), tuple(first))
+        if key not in self._plans:
+            compiled = stmt.compile(dialect=conn.dialect, column_keys=list(first))
+            converted = compiled._bind_processors  # what SQLAlchemy would convert
+            if "POSTCOMPILE" in compiled.string or any(n in converted for n in compiled.binds):
+                plan = None
+            else:
+                plan = (compiled.string, compiled.positiontup)
+            self._plans[key] = plan
+        plan = self._plans[key]
+        if plan is None:
+            result = conn.execute(stmt, params)
+            return list(result) if result.returns_rows else []
+        sql, order = plan
+        args: list[Any] = [tuple(r[n] for n in order) for r in rows] if order else list(rows)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if many and len(args) > 1:
+                cursor.executemany(sql, args)
+                return []
+            cursor.execute(sql, args[0])
+            return list(cursor.fetchall()) if cursor.description else []
+        except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy would raise it
+            raise DBAPIError.instance(
+                sql, params, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+            ) from exc
+        finally:
+            cursor.close()
 
     def _write_rows(self, conn: Connection, items: Sequence[IndexedInstance]) -> None:
         """Insert instances with their studies and series: one study/series lookup, one
@@ -369,12 +414,12 @@ class SqlIndex:
                 conn, studies, "study_instance_uid", study_uid, study_values
             )
             # lock the study row so counters and ModalitiesInStudy stay consistent (PostgreSQL)
-            study_row = conn.execute(_LOCK_STUDY, {"b_pk": study_pk}).one()
+            (study_row,) = self._run(conn, _LOCK_STUDY, {"b_pk": study_pk})
             series_pks: dict[str, int] = {}
             series_added: dict[int, int] = {}
             new_series = 0
             rows: list[dict[str, Any]] = []
-            modalities = study_row.modalities_in_study
+            modalities = study_row[0]
             present = modalities.split("\\") if modalities else []
             for item in group:
                 parsed, cols = item.parsed, item.parsed.columns
@@ -415,11 +460,12 @@ class SqlIndex:
                 modality = cols.get("modality")
                 if modality and modality not in present:
                     present = sorted([*present, modality])
-            conn.execute(instances.insert(), rows)  # executemany
+            self._run(conn, _INSERT_INSTANCE, rows)  # executemany
             for series_pk, n in series_added.items():
-                conn.execute(_COUNT_SERIES, {"b_pk": series_pk, "b_n": n})
+                self._run(conn, _COUNT_SERIES, {"b_pk": series_pk, "b_n": n})
             joined = "\\".join(present) if present else None
-            conn.execute(
+            self._run(
+                conn,
                 _COUNT_STUDY,
                 {
                     "b_pk": study_pk,
@@ -929,6 +975,7 @@ _STUDY_PK = select(studies.c.pk).where(
     studies.c.study_instance_uid == bindparam("b_uid"),
 )
 # lock the study row so counters and ModalitiesInStudy stay consistent (PostgreSQL)
+_INSERT_INSTANCE = instances.insert()
 _LOCK_STUDY = (
     select(studies.c.modalities_in_study).where(studies.c.pk == bindparam("b_pk")).with_for_update()
 )
