@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom import AE, AllStoragePresentationContexts, _config
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomhub.dimse import reactor
+from dicomhub.dimse import command, reactor
 from dicomhub.dimse.handlers import DimseHandlers
 
 if TYPE_CHECKING:
@@ -170,6 +170,7 @@ class DimseServer:
         # C-STORE bodies are kept as received bytes, never decoded and re-encoded
         _config.LOG_HANDLER_LEVEL = "none"
         reactor.install()
+        command.install()
         host = self.settings.dimse_host or self.settings.host
         spawn = self._listen is None and self.settings.dimse_workers > 1
         if spawn:
