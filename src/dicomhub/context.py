@@ -5,6 +5,7 @@ Everything else receives ports (:mod:`dicomhub.core.ports`) or services.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from dicomhub.auth.passwords import Argon2Hasher
@@ -26,6 +27,9 @@ from dicomhub.index.nodes import SqlNodeRegistry
 from dicomhub.index.repository import SqlIndex
 from dicomhub.storage.filesystem import FileSystemBlobStore
 
+#: Threads that hash received objects beside the edges' own threads (StoreService).
+INGEST_HASH_THREADS = 2
+
 
 @dataclass
 class Context:
@@ -43,8 +47,10 @@ class Context:
     audit: AuditService
 
     def close(self) -> None:
-        """Release database connections and the blob store's threads."""
+        """Release database connections and the threads of the blob store and ingest."""
         self.blobs.close()
+        if self.store.executor is not None:
+            self.store.executor.shutdown(wait=True)
         self.index.dispose()
 
 
@@ -93,6 +99,7 @@ def build_context(settings: Settings, *, migrate: bool = True) -> Context:
             settings.fsync,
             pixels=pixels,
             ingest_transfer_syntax=settings.ingest_target,
+            executor=ThreadPoolExecutor(INGEST_HASH_THREADS, thread_name_prefix="ingest-hash"),
         ),
         query=QueryService(index),
         retrieve=RetrieveService(index, blobs, pixels),

@@ -76,3 +76,16 @@ def test_not_dicom_bytes_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreFailure) as info:
         DicomFileReader().read(tmp_path / "x.part", b"\x89PNG\r\n\x1a\n" + b"\x00" * 400)
     assert info.value.status == Status.CANNOT_UNDERSTAND
+
+
+def test_deflated_data_set_has_pixel_data_without_an_offset() -> None:
+    """In: a Deflated Explicit VR Little Endian file (PS3.5 §A.5) with Pixel Data: the
+    reader finds the Pixel Data in the inflated stream (BulkDataURI in the metadata,
+    pixel digest computed at ingest) but gives no offset into the deflated file."""
+    sample = next(s for s in MANIFEST if s.transfer_syntax_uid == "1.2.840.10008.1.2.1.99")
+    parsed = DicomFileReader().read(sample.path)
+    assert parsed.has_pixel_data
+    assert parsed.pixel_data_offset is None
+    assert "BulkDataURI" in parsed.metadata["7FE00010"]
+    digest, _ = PydicomPixelCodec().pixel_digest(sample.path, parsed)
+    assert digest is not None

@@ -43,10 +43,22 @@ def stow_body(files: Iterable[Path | bytes], boundary: str | None = None) -> tup
     return out, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
+DEFLATED_ELE = "1.2.840.10008.1.2.1.99"
+
+
+def frame_array(path: Path, index: int) -> np.ndarray:
+    """pydicom's decoded pixels of frame ``index`` (0-based) of a Part 10 file."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    if ds.file_meta.TransferSyntaxUID == DEFLATED_ELE:  # pixel_array(path) reads no zlib
+        whole = pydicom.dcmread(path).pixel_array
+        return whole[index] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else whole
+    return pixel_array(path, index=index)
+
+
 def expected_frame(path: Path, number: int) -> bytes:
     """pydicom's decoded pixels of frame ``number`` (1-based) as native little-endian bytes."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    arr = pixel_array(path, index=number - 1)
+    arr = frame_array(path, number - 1)
     if int(ds.get("BitsAllocated", 8)) == 1:
         return bytes(pack_bits(arr, pad=False))  # a frame is ceil(bits / 8) bytes
     return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()

@@ -32,6 +32,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
+from sqlalchemy import text
 
 from conftest import SAMPLES, LiveNode, free_port
 from integration.dimse_helpers import (
@@ -294,6 +295,56 @@ def test_truncated_data_set_is_refused(node: LiveNode, tmp_path: Path, keep: flo
     assert stored_files(node) == []
     assert staging_files(node) == []
     echo(node)
+
+
+def _store_ct(node: LiveNode, calling: str) -> int:
+    """C-STORE of the real CT sample (explicit VR little endian) by pynetdicom; status."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CT_IMAGE_STORAGE, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(SAMPLES / CT_LE)
+    finally:
+        assoc.release()
+    return int(status.get("Status", -1))
+
+
+def test_storage_failure_during_c_store_leaves_nothing(node: LiveNode) -> None:
+    """In: the CT sample by C-STORE while its storage directory cannot be created (the
+    objects directory has been replaced by a plain file): 0xA700 (Out of Resources),
+    nothing indexed, no file, nothing left in staging; the next C-STORE, with storage
+    back, succeeds."""
+    objects = node.ctx.settings.data_dir / "storage" / "objects"
+    aside = objects.with_name("objects.aside")
+    objects.rename(aside)
+    objects.write_bytes(b"not a directory")
+    try:
+        assert _store_ct(node, "PYNETSCU") == 0xA700
+    finally:
+        objects.unlink()
+        aside.rename(objects)
+    assert node.ctx.index.count_instances() == 0
+    assert stored_files(node) == []
+    assert staging_files(node) == []
+    assert _store_ct(node, "PYNETSCU") == 0x0000
+    assert node.ctx.index.count_instances() == 1
+
+
+def test_index_failure_during_c_store_removes_the_blob(node: LiveNode) -> None:
+    """In: the CT sample by C-STORE while the index cannot take it (its instances table
+    renamed away): 0x0110 (Processing Failure); the blob, made durable meanwhile, is
+    removed again and nothing is left in staging."""
+    with node.ctx.index.write_engine.begin() as conn:
+        conn.execute(text("ALTER TABLE instances RENAME TO instances_away"))
+    try:
+        assert _store_ct(node, "PYNETSCU") == 0x0110
+    finally:
+        with node.ctx.index.write_engine.begin() as conn:
+            conn.execute(text("ALTER TABLE instances_away RENAME TO instances"))
+    assert node.ctx.index.count_instances() == 0
+    assert stored_files(node) == []
+    assert staging_files(node) == []
 
 
 def test_unknown_sop_class_context_is_rejected(node: LiveNode) -> None:

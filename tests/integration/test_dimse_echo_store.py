@@ -25,6 +25,7 @@ from pydicom.uid import UID
 from pynetdicom import AE
 
 from conftest import SAMPLES, LiveNode
+from dicomhub.codecs import transcode
 from dicomhub.dimse import handlers
 from integration.dimse_helpers import (
     CT_LE,
@@ -72,7 +73,7 @@ def test_echoscu(node: LiveNode) -> None:
 def _check_arrived(node: LiveNode, cand: Candidate, calling_ae: str) -> list[str]:
     """QIDO finds the instance by SOPInstanceUID; WADO-RS returns it in the syntax it was
     sent in, with the File Meta Information of the command, and an equal data set; the
-    index holds the SHA-256 of the stored file."""
+    index holds the SHA-256 of the stored file and the pixel digest of the sent pixels."""
     found = qido_instances(node, SOPInstanceUID=cand.sop)
     if [(uid(f, "0020000D"), uid(f, "0020000E"), uid(f, "00080018")) for f in found] != [
         (cand.study, cand.series, cand.sop)
@@ -95,6 +96,8 @@ def _check_arrived(node: LiveNode, cand: Candidate, calling_ae: str) -> list[str
     digest = hashlib.sha256(node.ctx.blobs.local_path(stored.storage_key).read_bytes())
     if digest.hexdigest() != stored.sha256:
         problems.append("the SHA-256 of the stored file differs from the index's")
+    if stored.pixel_digest != transcode.pixel_digest(cand.path):
+        problems.append(f"pixel digest {stored.pixel_digest} is not that of the sent pixels")
     return problems
 
 

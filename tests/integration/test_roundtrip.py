@@ -26,7 +26,7 @@ from PIL import Image
 
 from conftest import MANIFEST, LiveServer, Sample, http, make_settings
 from dicomhub.context import build_context
-from integration.helpers import expected_frame, split_multipart, stow_body, uid
+from integration.helpers import expected_frame, frame_array, split_multipart, stow_body, uid
 
 
 def _identity(sample: Sample) -> tuple[str, str, str, str] | None:
@@ -190,7 +190,7 @@ def _window_hides_everything(path: Path) -> bool:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
         return False
-    arr = pydicom.pixels.apply_modality_lut(pydicom.pixels.pixel_array(path, index=0), ds)
+    arr = pydicom.pixels.apply_modality_lut(frame_array(path, 0), ds)
     center = float(ds.WindowCenter[0] if ds["WindowCenter"].VM > 1 else ds.WindowCenter)
     width = float(ds.WindowWidth[0] if ds["WindowWidth"].VM > 1 else ds.WindowWidth)
     low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
@@ -221,7 +221,7 @@ def _check_pixels(
     if img.size != (int(ds.Columns), int(ds.Rows)):
         problems.append(f"rendered size {img.size} != {(ds.Columns, ds.Rows)}")
     arr = np.asarray(img)
-    source = np.asarray(pydicom.pixels.pixel_array(sample.path, index=0))
+    source = np.asarray(frame_array(sample.path, 0))
     if source.std() > 0 and arr.std() == 0 and not _window_hides_everything(sample.path):
         problems.append("rendered image is blank")
     jpeg = http.get(

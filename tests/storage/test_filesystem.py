@@ -100,3 +100,31 @@ def test_early_fsyncs_of_files_never_placed_do_not_pile_up(tmp_path: Path) -> No
         assert len(store._presynced) <= 256
     finally:
         store.close()
+
+
+def test_put_file_async_places_durably_or_reports_the_error(tmp_path: Path) -> None:
+    """What came in: 20 presynced staged files placed through put_file_async (exact bytes
+    under their keys, staging emptied), then one whose key's directory cannot be created
+    (a plain file stands in its way): its future fails with that OSError and nothing is
+    placed."""
+    store = FileSystemBlobStore(tmp_path)
+    try:
+        futures = []
+        for i in range(20):
+            path = store.staging_dir() / f"{i}.part"
+            path.write_bytes(bytes([i]) * (5000 + i))
+            store.presync(path)
+            futures.append(store.put_file_async(f"async/{i % 3}/{i}.dcm", path))
+        for future in futures:
+            assert future.result(timeout=30) is None
+        for i in range(20):
+            got = store.local_path(f"async/{i % 3}/{i}.dcm").read_bytes()
+            assert got == bytes([i]) * (5000 + i)
+        assert list(store.staging_dir().iterdir()) == []
+        (tmp_path / "objects" / "blocked").write_bytes(b"a file, not a directory")
+        failing = store.put_file_async("blocked/x.dcm", staged(store, b"y"))
+        with pytest.raises(OSError):
+            failing.result(timeout=30)
+        assert not store.exists("blocked/x.dcm")
+    finally:
+        store.close()

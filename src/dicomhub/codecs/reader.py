@@ -122,12 +122,13 @@ def _walk(
         fp.seek(length, 1)
 
 
-def check_complete(fp: BinaryIO, size: int, ds: FileDataset) -> tuple[int, int] | None:
+def check_complete(fp: BinaryIO, size: int, ds: FileDataset) -> tuple[int, int | None] | None:
     """Verify every element of the file ``fp`` (``size`` bytes) lies within it; return
-    ``(pixel tag, value offset)``.
+    ``(pixel tag, value offset)`` of top-level pixel data, if any.
 
     pydicom stops silently at a truncated element, so this walk is what detects a cut
-    transfer.  Deflated data sets are checked by inflating them in full instead.
+    transfer.  A deflated data set (PS3.5 §A.5) is inflated in full and walked; its pixel
+    data has no offset in the file (``None``).
     """
     tsuid = ds.file_meta.TransferSyntaxUID
     if tsuid in DEFLATED:
@@ -135,11 +136,14 @@ def check_complete(fp: BinaryIO, size: int, ds: FileDataset) -> tuple[int, int] 
 
         fp.seek(_dataset_start(fp))
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = bytearray()
         while chunk := fp.read(1 << 20):
-            inflater.decompress(chunk, 0)
+            inflated += inflater.decompress(chunk)
+        inflated += inflater.flush()
         if not inflater.eof:
             raise _Truncated("deflated data set ends before the end of the zlib stream")
-        return None
+        pixel = _walk(io.BytesIO(inflated), len(inflated), True, True)
+        return (pixel[0], None) if pixel else None
     fp.seek(_dataset_start(fp))
     ts = UID(tsuid)
     little = ts.is_little_endian if ts.is_transfer_syntax else True
@@ -322,7 +326,9 @@ class DicomFileReader:
         except Exception as exc:
             raise StoreFailure(Status.CANNOT_UNDERSTAND, f"cannot parse data set: {exc}") from None
 
-    def _parse(self, ds: FileDataset, tsuid: str, pixel: tuple[int, int] | None) -> ParsedInstance:
+    def _parse(
+        self, ds: FileDataset, tsuid: str, pixel: tuple[int, int | None] | None
+    ) -> ParsedInstance:
         uids: dict[str, str] = {}
         for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
             value = _uid(ds, kw)
@@ -392,6 +398,7 @@ class DicomFileReader:
             columns=columns,
             metadata=metadata,
             pixel_data_offset=pixel[1] if pixel else None,
+            has_pixel_data=pixel is not None,
             warnings=warns,
         )
 

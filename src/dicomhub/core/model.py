@@ -62,11 +62,14 @@ class ParsedInstance:
     transfer_syntax_uid: str
     columns: dict[str, Any]
     metadata: dict[str, Any]
-    pixel_data_offset: int | None = None
+    pixel_data_offset: int | None = None  # in the file; None if absent or deflated
     warnings: list[str] = field(default_factory=list)
     pixel_digest: str | None = None
     original_transfer_syntax_uid: str | None = None
     original_planar_configuration: int | None = None
+    has_pixel_data: bool = False  # top-level (Float/Double Float) Pixel Data
+    #: the pixel digest being computed on another thread (StoreService._settle waits)
+    pending: Future[None] | None = field(default=None, repr=False, compare=False)
 
 
 BULK_BASE = "@@DICOMHUB_BASE@@"

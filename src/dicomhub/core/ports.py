@@ -6,7 +6,8 @@ Adapters in ``index/``, ``storage/`` and ``codecs/`` implement them; only
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +34,11 @@ class BlobStore(Protocol):
 
     def put_file(self, key: str, source: Path, *, fsync: bool = True) -> None:
         """Make ``source`` durable under ``key``; ``source`` is consumed (moved or deleted)."""
+        ...
+
+    def put_file_async(self, key: str, source: Path, *, fsync: bool = True) -> Future[None]:
+        """:meth:`put_file` on the store's own threads, so that the caller prepares its
+        index transaction meanwhile; the caller waits for the result before it commits."""
         ...
 
     def put_files(
@@ -102,17 +108,30 @@ class Index(Protocol):
         """The instances among ``sop_instance_uids`` in an owner's namespace, by UID."""
         ...
 
-    def add_instances(self, items: Sequence[IndexedInstance]) -> None:
+    def add_instances(
+        self,
+        items: Sequence[IndexedInstance],
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
         """Insert instances (creating studies and series) in one transaction, all or none.
 
-        Raises :class:`DuplicateInstance` if one SOP Instance UID is already indexed.
+        ``before_commit`` runs inside the transaction, just before it commits; if it
+        raises, nothing is written and its exception propagates (a store waits there for
+        its blobs to be durable).  Raises :class:`DuplicateInstance` if one SOP Instance
+        UID is already indexed.
         """
         ...
 
     def add_instance(
-        self, parsed: ParsedInstance, staged: StagedFile, storage_key: str, owner_pk: int
+        self,
+        parsed: ParsedInstance,
+        staged: StagedFile,
+        storage_key: str,
+        owner_pk: int,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
-        """Insert one instance (creating its study and series rows) in one transaction.
+        """Insert one instance (creating its study and series rows) in one transaction
+        (``before_commit`` as in :meth:`add_instances`).
 
         Raises :class:`DuplicateInstance` if the SOP Instance UID is already indexed.
         """

@@ -14,10 +14,12 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dicomhub.core import syntaxes
 from dicomhub.core.access import SYSTEM, AccessScope
 from dicomhub.core.attributes import Level
 from dicomhub.core.dicomjson import row_to_json
@@ -46,6 +48,29 @@ from dicomhub.core.syntaxes import ELE, LOSSLESS_SOURCES
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+#: syntaxes whose Pixel Data the pixel digest hashes as stored (no decoding)
+NATIVE_LITTLE_ENDIAN = frozenset({syntaxes.ELE, syntaxes.ILE})
+
+
+def _sha256_hex(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+class _PlacementFailed(Exception):
+    """The blob of a store could not be made durable (``error``); nothing was indexed."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _wait_quietly(placing: Future[None] | None) -> None:
+    """Wait until a placement has finished, whatever its outcome (before the blob it
+    placed, or not, may be removed)."""
+    if placing is not None:
+        with contextlib.suppress(Exception):
+            placing.result()
+
 
 #: Name of the pixel digest recorded for every instance (codecs/transcode.py).
 PIXEL_DIGEST_ALGORITHM = "sha256-canonical-pixels-v1"
@@ -85,6 +110,7 @@ class StoreService:
         fsync: bool = True,
         pixels: PixelCodec | None = None,
         ingest_transfer_syntax: str | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -93,6 +119,15 @@ class StoreService:
         self.fsync = fsync
         self.pixels = pixels
         self.ingest_transfer_syntax = ingest_transfer_syntax
+        #: threads for hashing beside the caller (hashlib releases the GIL), if any
+        self.executor = executor
+
+    def sha256_of(self, content: bytes) -> str | Future[str]:
+        """The SHA-256 of ``content`` (hex): computed on :attr:`executor` when there is
+        one, so that the caller parses the object meanwhile (see :class:`StagedFile`)."""
+        if self.executor is None:
+            return hashlib.sha256(content).hexdigest()
+        return self.executor.submit(_sha256_hex, content)
 
     @property
     def _presync(self) -> bool:
@@ -239,6 +274,8 @@ class StoreService:
             else:
                 placed.append(r)
         try:
+            for r in placed:
+                self._settle(r.parsed)
             self.index.add_instances(
                 [IndexedInstance(r.parsed, r.staged, r.key, r.owner) for r in placed]
             )
@@ -326,15 +363,42 @@ class StoreService:
             )
             return outcome
         parsed.original_transfer_syntax_uid = original[0] or parsed.transfer_syntax_uid
-        if self.pixels is not None and parsed.pixel_data_offset is not None:
-            digest, planar = self.pixels.pixel_digest(staged.path, parsed, staged.content)
-            parsed.pixel_digest = digest
-            parsed.original_planar_configuration = (
-                original[1] if original[0] and original[1] is not None else planar
-            )
-            if digest is not None and self._should_transcode(parsed.transfer_syntax_uid):
+        if self.pixels is not None and parsed.has_pixel_data:
+            if (
+                self.executor is not None
+                and staged.content is not None
+                and parsed.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN
+                and not self._should_transcode(parsed.transfer_syntax_uid)
+            ):
+                # native pixels are a hash of bytes in memory: done on another thread
+                # while the index is consulted (_settle waits before the digest is used)
+                parsed.pending = self.executor.submit(self._record_digest, staged, parsed, original)
+                return parsed, staged, outcome
+            self._record_digest(staged, parsed, original)
+            if parsed.pixel_digest is not None and self._should_transcode(
+                parsed.transfer_syntax_uid
+            ):
                 staged, parsed = self._transcode(staged, parsed)
         return parsed, staged, outcome
+
+    def _record_digest(
+        self, staged: StagedFile, parsed: ParsedInstance, original: tuple[str | None, int | None]
+    ) -> None:
+        """Set the pixel digest and the original Planar Configuration of ``parsed``."""
+        assert self.pixels is not None
+        digest, planar = self.pixels.pixel_digest(staged.path, parsed, staged.content)
+        parsed.pixel_digest = digest
+        parsed.original_planar_configuration = (
+            original[1] if original[0] and original[1] is not None else planar
+        )
+
+    @staticmethod
+    def _settle(parsed: ParsedInstance) -> None:
+        """Wait for the pixel digest of ``parsed`` if it is still being computed (its
+        failure is the store's)."""
+        if parsed.pending is not None:
+            pending, parsed.pending = parsed.pending, None
+            pending.result()
 
     def _should_transcode(self, transfer_syntax_uid: str) -> bool:
         """Ingest policy: re-encode native and lossless encodings only (never lossy ones)."""
@@ -388,13 +452,17 @@ class StoreService:
             parsed.sop_instance_uid,
             staged.sha256,
         )
+        # the pixel digest may read the staged file: it is done before the file moves
+        self._settle(parsed)
+        # the blob is made durable on the store's threads while the index transaction is
+        # prepared; the transaction commits only once the blob is durable
+        placing = self.blobs.put_file_async(key, staged.path, fsync=self.fsync)
         try:
-            self.blobs.put_file(key, staged.path, fsync=self.fsync)
-        except OSError as exc:
+            return self._index_placed(parsed, staged, outcome, owner, key, placing)
+        except _PlacementFailed as failed:
             outcome.status = Status.OUT_OF_RESOURCES
-            outcome.message = f"cannot write to storage: {exc.strerror or exc}"
+            outcome.message = f"cannot write to storage: {failed.error.strerror or failed.error}"
             return outcome
-        return self._index_placed(parsed, staged, outcome, owner, key)
 
     def _owner(
         self,
@@ -427,18 +495,37 @@ class StoreService:
         outcome: StoreOutcome,
         owner: int,
         key: str,
+        placing: Future[None] | None = None,
     ) -> StoreOutcome:
-        """Index a blob already durable under ``key``; without its row it is removed."""
+        """Index a blob durable under ``key`` (or being made so by ``placing``: the index
+        commits only after it succeeded); without its row the blob is removed.  A failed
+        ``placing`` raises :class:`_PlacementFailed`, nothing indexed."""
+
+        def durable() -> None:
+            assert placing is not None
+            try:
+                placing.result()
+            except OSError as exc:
+                raise _PlacementFailed(exc) from exc
+
         try:
-            self.index.add_instance(parsed, staged, key, owner)
+            self._settle(parsed)
+            self.index.add_instance(
+                parsed, staged, key, owner, before_commit=durable if placing else None
+            )
         except DuplicateInstance:
+            _wait_quietly(placing)
             # lost a race with a concurrent store of the same SOP Instance UID
             existing = self._discard(key, parsed.sop_instance_uid, owner)
             if existing is None:
                 raise
             return self._duplicate(existing, parsed, staged, outcome, owner, already_moved=True)
         except BaseException:
-            self._discard(key, parsed.sop_instance_uid, owner)  # no blob without its row
+            _wait_quietly(placing)
+            try:
+                self._discard(key, parsed.sop_instance_uid, owner)  # no blob without its row
+            except OSError as exc:  # e.g. the storage that failed the placement
+                log.warning("could not remove the blob %s of a failed store: %s", key, exc)
             raise
         if outcome.warnings:
             outcome.status = Status.COERCION_OF_DATA_ELEMENTS
@@ -464,6 +551,7 @@ class StoreService:
         owner: int,
         already_moved: bool = False,
     ) -> StoreOutcome:
+        self._settle(parsed)
         if existing.sha256 == staged.sha256:
             outcome.message = "identical instance already stored; not stored again"
             return outcome

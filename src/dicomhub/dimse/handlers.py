@@ -21,7 +21,6 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -346,9 +345,7 @@ class DimseHandlers:
             return self._status(0xA700, f"cannot stage: {exc}")
         # the file's SHA-256 runs on another core while the object is parsed (hashlib
         # releases the GIL); the store waits for it only when it places the file
-        digest: str | Future[str] = (
-            hasher.hexdigest() if content is None else _hashing().submit(_sha256_hex, content)
-        )
+        digest = hasher.hexdigest() if content is None else self.ctx.store.sha256_of(content)
         session = self._sessions.setdefault(event.assoc, _StoreSession())
         outcome = self.ctx.store.store(
             StagedFile(Path(name), size, digest, content),
@@ -738,22 +735,6 @@ def _padded(value: str, pad: bytes) -> bytes:
 #: Largest received data set parsed from a copy in memory; a larger one is parsed from
 #: its staged file (no second copy of a big multi-frame object in memory).
 PARSE_IN_MEMORY_MAX = 64 << 20
-_HASHERS: ThreadPoolExecutor | None = None
-_HASHERS_LOCK = threading.Lock()
-
-
-def _hashing() -> ThreadPoolExecutor:
-    """Threads that hash received objects beside the association threads (created on
-    first use, for the life of the process)."""
-    global _HASHERS
-    with _HASHERS_LOCK:
-        if _HASHERS is None:
-            _HASHERS = ThreadPoolExecutor(2, thread_name_prefix="cstore-sha256")
-        return _HASHERS
-
-
-def _sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def part10_header(

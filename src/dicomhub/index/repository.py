@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -476,14 +476,25 @@ class SqlIndex:
             )
 
     def add_instance(
-        self, parsed: ParsedInstance, staged: StagedFile, storage_key: str, owner_pk: int
+        self,
+        parsed: ParsedInstance,
+        staged: StagedFile,
+        storage_key: str,
+        owner_pk: int,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         """Insert one instance with its study and series, in one transaction."""
-        self.add_instances([IndexedInstance(parsed, staged, storage_key, owner_pk)])
+        self.add_instances([IndexedInstance(parsed, staged, storage_key, owner_pk)], before_commit)
 
-    def add_instances(self, items: Sequence[IndexedInstance]) -> None:
+    def add_instances(
+        self,
+        items: Sequence[IndexedInstance],
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
         """Insert instances (with their studies and series) in one transaction: all or none.
 
+        ``before_commit`` runs last inside the transaction (a store waits there for its
+        blobs to be durable); its exception rolls the transaction back and propagates.
         Raises :class:`DuplicateInstance` when one of the SOP Instance UIDs is already
         indexed in its owner's namespace (nothing of the batch is then written).
         """
@@ -492,6 +503,8 @@ class SqlIndex:
         try:
             with self.write_engine.begin() as conn:
                 self._write_rows(conn, items)
+                if before_commit is not None:
+                    before_commit()
         except IntegrityError as exc:
             for item in items:
                 if self.find_instance(item.parsed.sop_instance_uid, item.owner_pk) is not None:

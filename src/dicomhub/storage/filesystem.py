@@ -38,6 +38,7 @@ class FileSystemBlobStore:
         self.objects.mkdir(parents=True, exist_ok=True)
         self._staging.mkdir(parents=True, exist_ok=True)
         self._presync_pool: ThreadPoolExecutor | None = None
+        self._place_pool: ThreadPoolExecutor | None = None
         self._presynced: dict[Path, Future[None]] = {}
         self._presync_lock = threading.Lock()
 
@@ -66,18 +67,41 @@ class FileSystemBlobStore:
                 self._presynced[source] = self._presync_pool.submit(_fsync, source)
 
     def close(self) -> None:
-        """Wait for the early fsyncs still running and stop their threads."""
+        """Wait for the early fsyncs and placements still running and stop their threads."""
         with self._presync_lock:
-            pool, self._presync_pool = self._presync_pool, None
+            pools = (self._place_pool, self._presync_pool)
+            self._place_pool = self._presync_pool = None
             self._presynced.clear()
-        if pool is not None:
-            pool.shutdown(wait=True)
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def put_file(self, key: str, source: Path, *, fsync: bool = True) -> None:
         """Move ``source`` into place durably: fsync file, rename, fsync directory."""
         target = self._move_in(key, source, fsync)
         if fsync:
             _fsync(target.parent)
+
+    def put_file_async(self, key: str, source: Path, *, fsync: bool = True) -> Future[None]:
+        """:meth:`put_file` on threads of the store's own (not those of :meth:`presync`,
+        whose fsync a placement may wait for)."""
+        with self._presync_lock:
+            if self._place_pool is None:
+                self._place_pool = ThreadPoolExecutor(
+                    PRESYNC_THREADS, thread_name_prefix="blob-place"
+                )
+            pool = self._place_pool
+        try:
+            return pool.submit(self.put_file, key, source, fsync=fsync)
+        except RuntimeError:  # the interpreter is exiting: place it here and now
+            done: Future[None] = Future()
+            try:
+                self.put_file(key, source, fsync=fsync)
+            except OSError as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+            return done
 
     def put_files(
         self, items: Sequence[tuple[str, Path]], *, fsync: bool = True
