@@ -207,7 +207,7 @@ def wado_instance(node: LiveNode, study: str, series: str, sop: str) -> Dataset:
     return read(parts[0][1])
 
 
-def stow(node: LiveNode, files: Sequence[Path]) -> None:
+def stow(node: LiveNode, files: Sequence[Path | bytes]) -> None:
     body, ctype = stow_body(files)
     r = requests.post(
         f"{node.url}/studies", data=body, headers=auth(node, {"Content-Type": ctype}), timeout=120

@@ -17,6 +17,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 import uuid
 import warnings
 import weakref
@@ -412,7 +413,7 @@ class DimseHandlers:
             keys=dict(_identifier_keys(identifier)),
         )
         for row in rows:
-            if event.is_cancelled:
+            if _cancelled(event):
                 yield st.CANCEL, None
                 return
             yield st.PENDING, self._find_result(row, query, identifier, level)
@@ -516,7 +517,7 @@ class DimseHandlers:
                 accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
         yield len(items)
         for item in items:
-            if event.is_cancelled:
+            if _cancelled(event):
                 yield st.CANCEL, None
                 return
             yield st.PENDING, self._dataset_or_stored(item, accepted, "C-GET")
@@ -610,7 +611,7 @@ class DimseHandlers:
         yield node.host, node.port, {"contexts": contexts, "ae_title": node.ae_title}
         yield len(items)
         for item in items:
-            if event.is_cancelled:
+            if _cancelled(event):
                 yield st.CANCEL, None
                 return
             yield st.PENDING, self._dataset_or_stored(item, accepted, "C-MOVE")
@@ -730,6 +731,40 @@ def _element(tag: int, vr: bytes, value: bytes) -> bytes:
 def _padded(value: str, pad: bytes) -> bytes:
     data = value.encode("ascii")
     return data + pad if len(data) % 2 else data
+
+
+#: Responses of one C-FIND/C-GET/C-MOVE queued for sending before the handler waits.
+MAX_QUEUED_RESPONSES = 64
+#: How long the handler waits for the DUL to read what the peer sent (a C-CANCEL).
+CANCEL_READ_WAIT = 1.0
+
+
+def _cancelled(event: Event) -> bool:
+    """Whether the peer cancelled the request being answered (PS3.7 §9.3.2.3), with flow
+    control of the responses.
+
+    pynetdicom's DUL thread sends every queued response before it reads the socket again,
+    so a C-FIND answered faster than its responses are sent would never see a C-CANCEL,
+    and would queue all its responses in memory.  So: at most
+    :data:`MAX_QUEUED_RESPONSES` are queued; and when the peer has sent something (the
+    socket is readable), the handler waits until the DUL has sent what is queued and read
+    it, then asks pynetdicom whether it was a C-CANCEL.
+    """
+    assoc = event.assoc
+    dul = assoc.dul
+    queued = dul.to_provider_queue
+    deadline = time.monotonic() + CANCEL_READ_WAIT
+    if queued.qsize() > MAX_QUEUED_RESPONSES:
+        while queued.qsize() > MAX_QUEUED_RESPONSES // 4 and assoc.is_established:
+            time.sleep(0.0005)
+    sock = dul.socket
+    if sock is not None and sock.ready:
+        while not queued.empty() and assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        while sock.ready and assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        time.sleep(0.0002)  # the DUL decodes what it read and files the C-CANCEL
+    return bool(event.is_cancelled)
 
 
 #: Largest received data set parsed from a copy in memory; a larger one is parsed from
