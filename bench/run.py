@@ -57,6 +57,8 @@ DICOM_JSON = workloads.DICOM_JSON
 FRAMES = workloads.FRAMES_ACCEPT
 WORKLOADS = ("stow", "cstore", "qido", "wado", "metadata", "frames", "bigstudy")
 CSTORE_ASSOCIATIONS = (1, 4)
+#: CT instances sent with one association each (the "association per image" row)
+CSTORE_EACH = 20
 MULTIPART = workloads.MULTIPART_DICOM
 QIDO_TARGET = "≥10× faster; p95 ≤20 ms at ≥100k inst."
 _t0 = time.monotonic()
@@ -310,6 +312,12 @@ class Bench:
                 True,
             ),
         }
+        each = self.metric(
+            "cstore_ct_assoc_each",
+            f"C-STORE, a new association per CT instance (storescu × {CSTORE_EACH})",
+            "assoc/s",
+            True,
+        )
         groups = {
             k: [paths[i * n // k : (i + 1) * n // k] for i in range(k)] for k in CSTORE_ASSOCIATIONS
         }
@@ -352,6 +360,33 @@ class Bench:
                         elif secs and stored == n:
                             m.runs.setdefault(srv.name, []).append(n / secs)
                             rates[assocs, srv.name] = n / secs
+                for srv in ready:  # a modality that opens an association per image
+                    complete[srv.name] = False
+                    if not self.attempt(srv, "delete study", _delete_study, srv, s, study):
+                        continue
+                    port, called = srv.dicom_endpoint()
+                    secs = self.measure(
+                        srv,
+                        "C-STORE association of one CT instance",
+                        CSTORE_EACH,
+                        workloads.cstore_each,
+                        "127.0.0.1",
+                        port,
+                        called,
+                        paths[:CSTORE_EACH],
+                    )
+                    stored = self.attempt(
+                        srv, "C-STORE check", workloads.study_instance_count, s, srv.base, study
+                    )
+                    if stored is not None and stored != CSTORE_EACH:
+                        note = (
+                            f"{srv.name}: C-STORE run {run + 1}, association per instance: "
+                            f"the study holds {stored} instances afterwards, expected {CSTORE_EACH}"
+                        )
+                        log("ERROR " + note)
+                        self.notes.append(note)
+                    elif secs and stored == CSTORE_EACH:
+                        each.runs.setdefault(srv.name, []).append(CSTORE_EACH / secs)
                 log(
                     f"C-STORE run {run + 1}/{a.runs}: "
                     + ", ".join(
@@ -366,6 +401,12 @@ class Bench:
             "cstore_ct_cpu",
             "Server CPU per stored CT instance (all C-STORE runs)",
             "C-STORE CT instance",
+        )
+        self._medians_and_cpu(
+            [each],
+            "cstore_assoc_cpu",
+            "Server CPU per association of one CT instance",
+            "C-STORE association of one CT instance",
         )
         # later workloads expect the series stored once: redo it where the last run did not
         bodies = workloads.stow_bodies(paths, 50)

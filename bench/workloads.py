@@ -133,6 +133,15 @@ def stow(base: str, bodies: Sequence[StowBody | Sequence[Path]], clients: int) -
     return elapsed
 
 
+def cstore_each(host: str, port: int, called_aet: str, paths: Sequence[Path]) -> float:
+    """One ``storescu`` process, hence one association, per file, one after the other
+    (as a modality that opens an association per image); seconds for all of them."""
+    start = time.perf_counter()
+    for path in paths:
+        cstore(host, port, called_aet, [[path]])
+    return time.perf_counter() - start
+
+
 def storescu_version() -> str:
     """DCMTK's version from ``storescu --version`` ('?' if it is not installed)."""
     exe = shutil.which("storescu")

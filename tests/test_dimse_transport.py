@@ -63,3 +63,35 @@ def test_install_replaces_pynetdicoms_reader() -> None:
 
     transport.install()
     assert AssociationSocket.recv is transport.recv
+
+
+def test_presentation_contexts_copied_field_by_field() -> None:
+    """In: every storage SOP class with three transfer syntaxes and SCP/SCU roles set:
+    the copies hold equal values in objects of their own (a change to one copy's transfer
+    syntaxes or role leaves the original alone); other values are deep-copied."""
+    from pynetdicom import AllStoragePresentationContexts
+    from pynetdicom.presentation import PresentationContext
+
+    contexts = []
+    for i, cx in enumerate(AllStoragePresentationContexts):
+        new = PresentationContext()
+        new.context_id = (2 * i + 1) % 256
+        new.abstract_syntax = cx.abstract_syntax
+        new.transfer_syntax = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.5"]
+        new.scp_role, new.scu_role = True, False
+        contexts.append(new)
+    copies = transport.copy_contexts(contexts)
+    assert len(copies) == len(contexts)
+    for original, copied in zip(contexts, copies, strict=True):
+        assert copied is not original
+        assert copied.context_id == original.context_id
+        assert copied.abstract_syntax == original.abstract_syntax
+        assert copied.transfer_syntax == original.transfer_syntax
+        assert copied.transfer_syntax is not original.transfer_syntax
+        assert (copied.scp_role, copied.scu_role) == (True, False)
+    copies[0].transfer_syntax.append("1.2.840.10008.1.2.4.80")
+    copies[0].scp_role = False
+    assert len(contexts[0].transfer_syntax) == 3 and contexts[0].scp_role is True
+    nested = {"a": [1, [2, 3]]}
+    deep = transport.copy_contexts(nested)
+    assert deep == nested and deep["a"][1] is not nested["a"][1]
