@@ -125,9 +125,15 @@ class StoreService:
     def sha256_of(self, content: bytes) -> str | Future[str]:
         """The SHA-256 of ``content`` (hex): computed on :attr:`executor` when there is
         one, so that the caller parses the object meanwhile (see :class:`StagedFile`)."""
-        if self.executor is None:
-            return hashlib.sha256(content).hexdigest()
-        return self.executor.submit(_sha256_hex, content)
+        return self._beside(_sha256_hex, content)
+
+    def _beside(self, fn: Callable[..., _T], *args: Any) -> _T | Future[_T]:
+        """``fn(*args)`` on :attr:`executor` (a future), or here when there is none or it
+        has been shut down (the archive is stopping)."""
+        if self.executor is not None:
+            with contextlib.suppress(RuntimeError):
+                return self.executor.submit(fn, *args)
+        return fn(*args)
 
     @property
     def _presync(self) -> bool:
@@ -372,7 +378,8 @@ class StoreService:
             ):
                 # native pixels are a hash of bytes in memory: done on another thread
                 # while the index is consulted (_settle waits before the digest is used)
-                parsed.pending = self.executor.submit(self._record_digest, staged, parsed, original)
+                pending = self._beside(self._record_digest, staged, parsed, original)
+                parsed.pending = pending if isinstance(pending, Future) else None
                 return parsed, staged, outcome
             self._record_digest(staged, parsed, original)
             if parsed.pixel_digest is not None and self._should_transcode(
