@@ -768,8 +768,10 @@ def _cancelled(event: Event) -> bool:
 
 
 #: Largest received data set parsed from a copy in memory; a larger one is parsed from
-#: its staged file (no second copy of a big multi-frame object in memory).
-PARSE_IN_MEMORY_MAX = 64 << 20
+#: its staged file.  The copy doubles what an association holds (pynetdicom keeps the
+#: received data set in memory too), so it is kept to the sizes that gain from it:
+#: CT/MR/US/NM images; CR, DX, MG and multi-frame objects take the file path.
+PARSE_IN_MEMORY_MAX = 8 << 20
 
 
 def part10_header(
