@@ -332,61 +332,36 @@ class Bench:
                 rates: dict[tuple[int, str], float] = {}
                 for assocs, m in rows.items():
                     for srv in ready:
-                        complete[srv.name] = False
-                        if not self.attempt(srv, "delete study", _delete_study, srv, s, study):
-                            continue
-                        port, called = srv.dicom_endpoint()
-                        secs = self.measure(
+                        rate = self._cstore_run(
                             srv,
+                            s,
+                            study,
+                            run,
+                            f"{assocs} association(s)",
                             "C-STORE CT instance",
-                            n,
                             workloads.cstore,
-                            "127.0.0.1",
-                            port,
-                            called,
                             groups[assocs],
+                            n,
                         )
-                        stored = self.attempt(
-                            srv, "C-STORE check", workloads.study_instance_count, s, srv.base, study
-                        )
-                        complete[srv.name] = stored == n
-                        if stored is not None and stored != n:
-                            note = (
-                                f"{srv.name}: C-STORE run {run + 1}, {assocs} association(s): "
-                                f"the study holds {stored} instances afterwards, expected {n}"
-                            )
-                            log("ERROR " + note)
-                            self.notes.append(note)
-                        elif secs and stored == n:
-                            m.runs.setdefault(srv.name, []).append(n / secs)
-                            rates[assocs, srv.name] = n / secs
+                        complete[srv.name] = rate is not None
+                        if rate is not None:
+                            m.runs.setdefault(srv.name, []).append(rate)
+                            rates[assocs, srv.name] = rate
                 for srv in ready:  # a modality that opens an association per image
-                    complete[srv.name] = False
-                    if not self.attempt(srv, "delete study", _delete_study, srv, s, study):
-                        continue
-                    port, called = srv.dicom_endpoint()
-                    secs = self.measure(
+                    complete[srv.name] = False  # only CSTORE_EACH instances are left
+                    rate = self._cstore_run(
                         srv,
+                        s,
+                        study,
+                        run,
+                        "association per instance",
                         "C-STORE association of one CT instance",
-                        CSTORE_EACH,
                         workloads.cstore_each,
-                        "127.0.0.1",
-                        port,
-                        called,
                         paths[:CSTORE_EACH],
+                        CSTORE_EACH,
                     )
-                    stored = self.attempt(
-                        srv, "C-STORE check", workloads.study_instance_count, s, srv.base, study
-                    )
-                    if stored is not None and stored != CSTORE_EACH:
-                        note = (
-                            f"{srv.name}: C-STORE run {run + 1}, association per instance: "
-                            f"the study holds {stored} instances afterwards, expected {CSTORE_EACH}"
-                        )
-                        log("ERROR " + note)
-                        self.notes.append(note)
-                    elif secs and stored == CSTORE_EACH:
-                        each.runs.setdefault(srv.name, []).append(CSTORE_EACH / secs)
+                    if rate is not None:
+                        each.runs.setdefault(srv.name, []).append(rate)
                 log(
                     f"C-STORE run {run + 1}/{a.runs}: "
                     + ", ".join(
@@ -417,6 +392,38 @@ class Bench:
                     self.attempt(srv, "delete study", srv.delete_study, s, study)
                 self.attempt(srv, "CT ingest", workloads.stow, srv.base, bodies, 4)
         self.ct_stored = True
+
+    def _cstore_run(
+        self,
+        srv: Server,
+        s: requests.Session,
+        study: str,
+        run: int,
+        what: str,
+        phase: str,
+        send: Callable[..., float],
+        work: Any,
+        expected: int,
+    ) -> float | None:
+        """Delete the study, time ``send(host, port, called AE, work)`` (server CPU into
+        ``phase``) and check that the study then holds ``expected`` instances: the rate
+        in instances per second, or ``None`` (a failure or a wrong count is noted)."""
+        if not self.attempt(srv, "delete study", _delete_study, srv, s, study):
+            return None
+        port, called = srv.dicom_endpoint()
+        secs = self.measure(srv, phase, expected, send, "127.0.0.1", port, called, work)
+        stored = self.attempt(
+            srv, "C-STORE check", workloads.study_instance_count, s, srv.base, study
+        )
+        if stored is not None and stored != expected:
+            note = (
+                f"{srv.name}: C-STORE run {run + 1}, {what}: "
+                f"the study holds {stored} instances afterwards, expected {expected}"
+            )
+            log("ERROR " + note)
+            self.notes.append(note)
+            return None
+        return expected / secs if secs and stored == expected else None
 
     def _cstore_setup(self, srv: Server) -> bool:
         """Make the server accept C-STORE from the bench's storescu (calling AE title)."""

@@ -89,3 +89,19 @@ def test_deflated_data_set_has_pixel_data_without_an_offset() -> None:
     assert "BulkDataURI" in parsed.metadata["7FE00010"]
     digest, _ = PydicomPixelCodec().pixel_digest(sample.path, parsed)
     assert digest is not None
+
+
+def test_large_inflated_data_set_is_walked_from_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In: the deflated sample with the in-memory limit for its inflated data set at 0
+    bytes (as for a large one): it is walked from a temporary file, same findings; and
+    cut in half it is refused as truncated."""
+    from dicomhub.codecs import reader
+
+    sample = next(s for s in MANIFEST if s.transfer_syntax_uid == "1.2.840.10008.1.2.1.99")
+    in_memory = DicomFileReader().read(sample.path)
+    monkeypatch.setattr(reader, "INFLATED_IN_MEMORY_MAX", 0)
+    assert DicomFileReader().read(sample.path) == in_memory
+    content = sample.path.read_bytes()
+    with pytest.raises(StoreFailure) as info:
+        DicomFileReader().read(sample.path, content[: len(content) // 2])
+    assert info.value.status == Status.CANNOT_UNDERSTAND

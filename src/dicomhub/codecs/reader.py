@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import struct
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,6 +52,8 @@ _LONG_VRS = {
     b"UV",
 }
 _UNDEFINED = 0xFFFFFFFF
+#: An inflated deflated data set larger than this is walked from a temporary file.
+INFLATED_IN_MEMORY_MAX = 16 << 20
 
 
 class _Truncated(Exception):
@@ -136,13 +139,16 @@ def check_complete(fp: BinaryIO, size: int, ds: FileDataset) -> tuple[int, int |
 
         fp.seek(_dataset_start(fp))
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        inflated = bytearray()
-        while chunk := fp.read(1 << 20):
-            inflated += inflater.decompress(chunk)
-        inflated += inflater.flush()
-        if not inflater.eof:
-            raise _Truncated("deflated data set ends before the end of the zlib stream")
-        pixel = _walk(io.BytesIO(inflated), len(inflated), True, True)
+        # the inflated data set is walked from memory, or from disk when it is large
+        with tempfile.SpooledTemporaryFile(INFLATED_IN_MEMORY_MAX) as inflated:
+            while chunk := fp.read(1 << 20):
+                inflated.write(inflater.decompress(chunk))
+            inflated.write(inflater.flush())
+            if not inflater.eof:
+                raise _Truncated("deflated data set ends before the end of the zlib stream")
+            end = inflated.tell()
+            inflated.seek(0)
+            pixel = _walk(inflated, end, True, True)  # type: ignore[arg-type]
         return (pixel[0], None) if pixel else None
     fp.seek(_dataset_start(fp))
     ts = UID(tsuid)

@@ -371,12 +371,11 @@ class StoreService:
         parsed.original_transfer_syntax_uid = original[0] or parsed.transfer_syntax_uid
         if self.pixels is not None and parsed.has_pixel_data:
             if (
-                self.executor is not None
-                and staged.content is not None
+                staged.content is not None
                 and parsed.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN
                 and not self._should_transcode(parsed.transfer_syntax_uid)
             ):
-                # native pixels are a hash of bytes in memory: done on another thread
+                # native pixels are a hash of bytes in memory: done beside the caller
                 # while the index is consulted (_settle waits before the digest is used)
                 pending = self._beside(self._record_digest, staged, parsed, original)
                 parsed.pending = pending if isinstance(pending, Future) else None
@@ -450,6 +449,9 @@ class StoreService:
     ) -> StoreOutcome:
         owner = self._owner(parsed.study_instance_uid, access, owners)
         existing = self.index.find_instance(parsed.sop_instance_uid, owner)
+        # the pixel digest (computed meanwhile) may read the staged file: done before the
+        # file moves, and before a duplicate is judged
+        self._settle(parsed)
         if existing is not None:
             return self._duplicate(existing, parsed, staged, outcome, owner)
         key = storage_key(
@@ -459,8 +461,6 @@ class StoreService:
             parsed.sop_instance_uid,
             staged.sha256,
         )
-        # the pixel digest may read the staged file: it is done before the file moves
-        self._settle(parsed)
         # the blob is made durable on the store's threads while the index transaction is
         # prepared; the transaction commits only once the blob is durable
         placing = self.blobs.put_file_async(key, staged.path, fsync=self.fsync)
@@ -516,7 +516,6 @@ class StoreService:
                 raise _PlacementFailed(exc) from exc
 
         try:
-            self._settle(parsed)
             self.index.add_instance(
                 parsed, staged, key, owner, before_commit=durable if placing else None
             )
@@ -558,7 +557,6 @@ class StoreService:
         owner: int,
         already_moved: bool = False,
     ) -> StoreOutcome:
-        self._settle(parsed)
         if existing.sha256 == staged.sha256:
             outcome.message = "identical instance already stored; not stored again"
             return outcome

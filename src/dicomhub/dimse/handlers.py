@@ -327,26 +327,23 @@ class DimseHandlers:
                 str(event.assoc.requestor.ae_title),
             )
             with req.DataSet.getbuffer() as body:
-                if len(body) <= PARSE_IN_MEMORY_MAX:
-                    joined = b"".join((head, body))  # the file, parsed from memory
-                    content: bytes | None = joined
-                    chunks: tuple[bytes | memoryview, ...] = (joined,)
-                else:  # a large object is not copied: written and hashed in place
-                    content, chunks = None, (head, body)
-                with open(name, "xb") as fh:
-                    for chunk in chunks:
-                        fh.write(chunk)
-                if content is None:
-                    hasher = hashlib.sha256(head)
-                    hasher.update(body)
                 size = len(head) + len(body)
+                # up to PARSE_IN_MEMORY_MAX the file is joined once and parsed from memory,
+                # its SHA-256 computed on another core meanwhile (hashlib releases the
+                # GIL); a larger object is written and hashed in place, not copied
+                content = b"".join((head, body)) if size <= PARSE_IN_MEMORY_MAX else None
+                with open(name, "xb") as fh:
+                    for chunk in (content,) if content is not None else (head, body):
+                        fh.write(chunk)
+                digest = (
+                    self.ctx.store.sha256_of(content)
+                    if content is not None
+                    else _sha256_hex(head, body)
+                )
         except Exception as exc:
             Path(name).unlink(missing_ok=True)
             log.exception("C-STORE: cannot stage the data set")
             return self._status(0xA700, f"cannot stage: {exc}")
-        # the file's SHA-256 runs on another core while the object is parsed (hashlib
-        # releases the GIL); the store waits for it only when it places the file
-        digest = hasher.hexdigest() if content is None else self.ctx.store.sha256_of(content)
         session = self._sessions.setdefault(event.assoc, _StoreSession())
         outcome = self.ctx.store.store(
             StagedFile(Path(name), size, digest, content),
@@ -772,6 +769,13 @@ def _cancelled(event: Event) -> bool:
 #: received data set in memory too), so it is kept to the sizes that gain from it:
 #: CT/MR/US/NM images; CR, DX, MG and multi-frame objects take the file path.
 PARSE_IN_MEMORY_MAX = 8 << 20
+
+
+def _sha256_hex(*chunks: bytes | memoryview) -> str:
+    hasher = hashlib.sha256()
+    for chunk in chunks:
+        hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def part10_header(
