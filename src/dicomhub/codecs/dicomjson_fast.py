@@ -41,17 +41,24 @@ def _ascii_values(value: bytes) -> list[str] | None:
 
 
 def _fast_value(raw: RawDataElement, vr: str, encodings: list[str]) -> dict[str, Any] | None:
-    """The JSON element for the common VRs, or None to let pydicom do it."""
-    value = raw.value
-    if value is None:
+    """The JSON element of a raw element for the common VRs, or None to let pydicom do it."""
+    if raw.value is None:
         return None
+    return fast_value(raw.value, vr, encodings, raw.is_little_endian)
+
+
+def fast_value(
+    value: bytes, vr: str, encodings: list[str], little: bool = True
+) -> dict[str, Any] | None:
+    """The JSON element of the value bytes ``value`` for the common VRs (PS3.18 §F.2),
+    or None when pydicom must convert it (unusual forms: empty components, NaN, …)."""
     if len(value) == 0:
         return {"vr": vr}
     if vr in _ASCII_VRS:
         values = _ascii_values(value)
         if values is None:
             return {"vr": vr}
-        if any(v == "" for v in values):
+        if "" in values:
             return None  # empty components: let pydicom decide their JSON form
         return {"vr": vr, "Value": values}
     if vr in _TEXT_MULTI:
@@ -59,7 +66,7 @@ def _fast_value(raw: RawDataElement, vr: str, encodings: list[str]) -> dict[str,
         if not text:
             return {"vr": vr}
         values = text.split("\\")
-        if any(v == "" for v in values):
+        if "" in values:
             return None
         return {"vr": vr, "Value": values}
     if vr in _TEXT_SINGLE:
@@ -70,7 +77,7 @@ def _fast_value(raw: RawDataElement, vr: str, encodings: list[str]) -> dict[str,
         if values is None:
             return {"vr": vr}
         stripped = [v.strip(" ") for v in values]
-        if any(not v for v in stripped):
+        if "" in stripped:
             return None
         if vr == "IS":
             return {"vr": vr, "Value": [int(v) for v in stripped]}
@@ -101,7 +108,7 @@ def _fast_value(raw: RawDataElement, vr: str, encodings: list[str]) -> dict[str,
         size = _SIZES[code]
         if len(value) % size:
             return None
-        order = "<" if raw.is_little_endian else ">"
+        order = "<" if little else ">"
         numbers = list(struct.unpack(f"{order}{len(value) // size}{code}", value))
         return {"vr": vr, "Value": numbers}
     return None

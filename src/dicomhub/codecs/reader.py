@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import io
 import logging
+import mmap
 import os
 import struct
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,7 +28,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from dicomhub.codecs import dicomjson_fast
+from dicomhub.codecs import dicomjson_fast, walker
 from dicomhub.core.attributes import ATTRIBUTES
 from dicomhub.core.errors import StoreFailure
 from dicomhub.core.model import BULK_BASE, ParsedInstance, Status
@@ -52,6 +54,8 @@ _LONG_VRS = {
     b"UV",
 }
 _UNDEFINED = 0xFFFFFFFF
+#: A file up to this size is read whole for the walk; a larger one is mapped.
+READ_WHOLE_MAX = 256 << 10
 #: An inflated deflated data set larger than this is walked from a temporary file.
 INFLATED_IN_MEMORY_MAX = 16 << 20
 
@@ -257,6 +261,7 @@ def _json_str(metadata: dict[str, Any], path: str) -> str | None:
 _UID_TAGS = {
     kw: Tag(kw) for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 }
+_UID_KEYS = {kw: f"{tag:08X}" for kw, tag in _UID_TAGS.items()}
 
 
 def _uid(ds: Dataset, keyword: str) -> str | None:
@@ -294,10 +299,40 @@ class DicomFileReader:
 
     def read(self, path: Path, content: bytes | None = None) -> ParsedInstance:
         """Parse and validate one received object (PS3.10 §7.1 File Meta Information):
-        the file at ``path``, or its bytes ``content`` when the caller holds them."""
-        with io.BytesIO(content) if content is not None else open(path, "rb") as fp:
-            size = len(content) if content is not None else os.fstat(fp.fileno()).st_size
+        the file at ``path``, or its bytes ``content`` when the caller holds them.
+
+        One walk of the bytes (:mod:`dicomhub.codecs.walker`) where it can; pydicom
+        otherwise, with the same result."""
+        if content is not None:
+            parsed = self._walked(content)
+            if parsed is not None:
+                return parsed
+            with io.BytesIO(content) as fp:
+                return self._read(fp, len(content))
+        with open(path, "rb") as fp:
+            size = os.fstat(fp.fileno()).st_size
+            if size <= READ_WHOLE_MAX:
+                parsed = self._walked(fp.read())
+            else:  # only the pages holding element headers are read
+                with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    parsed = self._walked(mapped)
+            if parsed is not None:
+                return parsed
+            fp.seek(0)
             return self._read(fp, size)
+
+    def _walked(self, buf: Any) -> ParsedInstance | None:
+        """The instance from one walk of ``buf``, or None when pydicom must read it."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                walked = walker.walk(buf, self.bulk_data_threshold)
+                return self._parse_walked(walked)
+        except StoreFailure:
+            raise
+        except Exception as exc:  # walker.Fallback, or a value it could not convert
+            log.debug("read by pydicom: %s", exc)
+            return None
 
     def _read(self, fp: BinaryIO, size: int) -> ParsedInstance:
         try:
@@ -335,78 +370,121 @@ class DicomFileReader:
     def _parse(
         self, ds: FileDataset, tsuid: str, pixel: tuple[int, int | None] | None
     ) -> ParsedInstance:
-        uids: dict[str, str] = {}
-        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-            value = _uid(ds, kw)
-            if not value:
-                raise StoreFailure(Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"missing {kw}")
-            uids[kw] = value.strip().rstrip("\x00")
-            if len(uids[kw]) > 64:
-                raise StoreFailure(
-                    Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                    f"{kw} is longer than 64 characters (PS3.5 §9.1)",
-                )
+        uids = _checked_uids(lambda kw: _uid(ds, kw))
         meta_sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
-        warns: list[str] = []
-        if meta_sop and meta_sop != uids["SOPInstanceUID"]:
-            # stored as received; the index uses the data set's SOPInstanceUID
-            log.info("%s: MediaStorageSOPInstanceUID differs", uids["SOPInstanceUID"])
-        base = (
-            f"{BULK_BASE}/studies/{uids['StudyInstanceUID']}/series/"
-            f"{uids['SeriesInstanceUID']}/instances/{uids['SOPInstanceUID']}/bulkdata"
-        )
+        base = _bulk_base(uids)
         # one conversion of the data set (mostly straight from the raw bytes); the index
         # columns are read from it
         metadata = dicomjson_fast.convert(ds, base, self.bulk_data_threshold, _json_element)
-        columns: dict[str, Any] = {}
-        for attr in ATTRIBUTES:
-            if attr.computed or attr.column in ("transfer_syntax_uid",):
-                continue
-            value = _json_str(metadata, attr.path)
-            if value is None:
-                columns[attr.column] = None
-                continue
-            if attr.vr in ("IS", "US"):
-                try:
-                    columns[attr.column] = int(float(value.split("\\")[0]))
-                except ValueError:
-                    columns[attr.column] = None  # not indexed; the file keeps its value
-                    log.info(
-                        "%s: %s '%s' is not an integer", uids["SOPInstanceUID"], attr.path, value
-                    )
-                continue
-            if attr.vr in ("DA", "TM"):
-                value = value.split("\\")[0].replace(":", "").replace("-", "").strip()
-            columns[attr.column] = value[:256] if attr.vr != "UI" else value
-        for pn in ("patient_name", "referring_physician_name"):
-            name = columns.get(pn)
-            columns[pn + "_norm"] = name.upper() if name else None
-            columns[pn + "_words"] = _person_name_words(name)
-        columns["transfer_syntax_uid"] = tsuid
-        columns["study_instance_uid"] = uids["StudyInstanceUID"]
-        columns["series_instance_uid"] = uids["SeriesInstanceUID"]
-        columns["sop_instance_uid"] = uids["SOPInstanceUID"]
-        columns["sop_class_uid"] = uids["SOPClassUID"]
-        # pixel data is not read at ingest (stop_before_pixels): add it as bulk data.
-        pixel_vrs = {0x7FE00010: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
-        if pixel is not None:
-            tag = pixel[0]
-            vr = "OB" if tsuid not in _NATIVE and tag == 0x7FE00010 else pixel_vrs[tag]
-            if tag == 0x7FE00010 and tsuid in _NATIVE and (ds.get("BitsAllocated") or 16) <= 8:
-                vr = "OB"
-            metadata[_tag_hex(tag)] = {"vr": vr, "BulkDataURI": f"{base}/{_tag_hex(tag)}"}
-        return ParsedInstance(
-            study_instance_uid=uids["StudyInstanceUID"],
-            series_instance_uid=uids["SeriesInstanceUID"],
-            sop_instance_uid=uids["SOPInstanceUID"],
-            sop_class_uid=uids["SOPClassUID"],
-            transfer_syntax_uid=tsuid,
-            columns=columns,
-            metadata=metadata,
-            pixel_data_offset=pixel[1] if pixel else None,
-            has_pixel_data=pixel is not None,
-            warnings=warns,
+        return _instance(uids, meta_sop, tsuid, metadata, pixel, ds.get("BitsAllocated"))
+
+    def _parse_walked(self, walked: walker.Walked) -> ParsedInstance:
+        metadata = walked.metadata
+        uids = _checked_uids(lambda kw: _json_uid(metadata, kw))
+        walked.resolve(_bulk_base(uids))
+        bits = metadata.get("00280100", {}).get("Value")
+        if bits is not None and len(bits) != 1:
+            raise walker.Fallback("Bits Allocated with several values")
+        return _instance(
+            uids,
+            walked.media_storage_sop_instance_uid,
+            walked.transfer_syntax_uid,
+            metadata,
+            walked.pixel,
+            bits[0] if bits else None,
         )
+
+
+def _json_uid(metadata: dict[str, Any], keyword: str) -> str | None:
+    """A top-level UI value from DICOM JSON, several values joined by backslashes."""
+    values = metadata.get(_UID_KEYS[keyword], {}).get("Value")
+    return "\\".join(values) if values else None
+
+
+def _bulk_base(uids: dict[str, str]) -> str:
+    return (
+        f"{BULK_BASE}/studies/{uids['StudyInstanceUID']}/series/"
+        f"{uids['SeriesInstanceUID']}/instances/{uids['SOPInstanceUID']}/bulkdata"
+    )
+
+
+def _checked_uids(get: Callable[[str], str | None]) -> dict[str, str]:
+    """The four identifying UIDs, present and at most 64 characters (PS3.5 §9.1)."""
+    uids: dict[str, str] = {}
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = get(kw)
+        if not value:
+            raise StoreFailure(Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"missing {kw}")
+        uids[kw] = value.strip().rstrip("\x00")
+        if len(uids[kw]) > 64:
+            raise StoreFailure(
+                Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                f"{kw} is longer than 64 characters (PS3.5 §9.1)",
+            )
+    return uids
+
+
+def _instance(
+    uids: dict[str, str],
+    meta_sop: str,
+    tsuid: str,
+    metadata: dict[str, Any],
+    pixel: tuple[int, int | None] | None,
+    bits_allocated: Any,
+) -> ParsedInstance:
+    """The parsed instance from its DICOM JSON: index columns, Pixel Data as bulk data."""
+    warns: list[str] = []
+    if meta_sop and meta_sop != uids["SOPInstanceUID"]:
+        # stored as received; the index uses the data set's SOPInstanceUID
+        log.info("%s: MediaStorageSOPInstanceUID differs", uids["SOPInstanceUID"])
+    base = _bulk_base(uids)
+    columns: dict[str, Any] = {}
+    for attr in ATTRIBUTES:
+        if attr.computed or attr.column in ("transfer_syntax_uid",):
+            continue
+        value = _json_str(metadata, attr.path)
+        if value is None:
+            columns[attr.column] = None
+            continue
+        if attr.vr in ("IS", "US"):
+            try:
+                columns[attr.column] = int(float(value.split("\\")[0]))
+            except ValueError:
+                columns[attr.column] = None  # not indexed; the file keeps its value
+                log.info("%s: %s '%s' is not an integer", uids["SOPInstanceUID"], attr.path, value)
+            continue
+        if attr.vr in ("DA", "TM"):
+            value = value.split("\\")[0].replace(":", "").replace("-", "").strip()
+        columns[attr.column] = value[:256] if attr.vr != "UI" else value
+    for pn in ("patient_name", "referring_physician_name"):
+        name = columns.get(pn)
+        columns[pn + "_norm"] = name.upper() if name else None
+        columns[pn + "_words"] = _person_name_words(name)
+    columns["transfer_syntax_uid"] = tsuid
+    columns["study_instance_uid"] = uids["StudyInstanceUID"]
+    columns["series_instance_uid"] = uids["SeriesInstanceUID"]
+    columns["sop_instance_uid"] = uids["SOPInstanceUID"]
+    columns["sop_class_uid"] = uids["SOPClassUID"]
+    # pixel data is not read at ingest (stop_before_pixels): add it as bulk data.
+    pixel_vrs = {0x7FE00010: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
+    if pixel is not None:
+        tag = pixel[0]
+        vr = "OB" if tsuid not in _NATIVE and tag == 0x7FE00010 else pixel_vrs[tag]
+        if tag == 0x7FE00010 and tsuid in _NATIVE and (bits_allocated or 16) <= 8:
+            vr = "OB"
+        metadata[_tag_hex(tag)] = {"vr": vr, "BulkDataURI": f"{base}/{_tag_hex(tag)}"}
+    return ParsedInstance(
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        transfer_syntax_uid=tsuid,
+        columns=columns,
+        metadata=metadata,
+        pixel_data_offset=pixel[1] if pixel else None,
+        has_pixel_data=pixel is not None,
+        warnings=warns,
+    )
 
 
 _NATIVE = (
