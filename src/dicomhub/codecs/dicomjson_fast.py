@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Callable
+from math import isfinite
 from typing import Any
 
 from pydicom.charset import decode_bytes
@@ -82,7 +83,7 @@ def fast_value(
         if vr == "IS":
             return {"vr": vr, "Value": [int(v) for v in stripped]}
         floats = [float(v) for v in stripped]
-        if any(f != f or f in (float("inf"), float("-inf")) for f in floats):
+        if not all(map(isfinite, floats)):
             return None
         return {"vr": vr, "Value": floats}
     if vr == "PN":

@@ -13,9 +13,9 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
+import uuid
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 DICOM_TYPES = ("application/dicom", "")
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 #: dicomhub extension part headers: a client that re-encoded an object losslessly before
@@ -59,22 +60,25 @@ class _Part:
         self.size = 0
         self.hasher = hashlib.sha256()
         self.path: Path | None = None
-        self.fh: IO[bytes] | None = None
+        self.fd: int | None = None
         if self.accepted:
-            fd, name = tempfile.mkstemp(dir=staging, suffix=".part")
-            self.fh = os.fdopen(fd, "wb")
+            # a new file of its own (O_EXCL), written unbuffered: the chunks arrive large
+            name = f"{staging}/{uuid.uuid4().hex}.part"
+            self.fd = os.open(name, _CREATE, 0o600)
             self.path = Path(name)
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
-        if self.fh is not None:
-            self.fh.write(data)
+        if self.fd is not None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
             self.hasher.update(data)
 
     def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-            self.fh = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def discard(self) -> None:
         self.close()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -129,8 +130,15 @@ def _clip(table: Any, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def compress_json(doc: dict[str, Any]) -> bytes:
-    """The stored form of an instance's DICOM JSON: compact UTF-8, zlib level 6."""
-    return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
+    """The stored form of an instance's DICOM JSON: compact UTF-8, zlib level 6.
+
+    orjson writes it several times faster than the standard library; a document it
+    refuses (an integer beyond 64 bits) is written by ``json``."""
+    try:
+        text = orjson.dumps(doc)
+    except (TypeError, orjson.JSONEncodeError):
+        text = json.dumps(doc, separators=(",", ":")).encode()
+    return zlib.compress(text, 6)
 
 
 class SqlIndex:
