@@ -22,6 +22,7 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -326,20 +327,12 @@ class DimseHandlers:
                 str(event.context.transfer_syntax),
                 str(event.assoc.requestor.ae_title),
             )
-            with req.DataSet.getbuffer() as body:
-                size = len(head) + len(body)
-                # up to PARSE_IN_MEMORY_MAX the file is joined once and parsed from memory,
-                # its SHA-256 computed on another core meanwhile (hashlib releases the
-                # GIL); a larger object is written and hashed in place, not copied
-                content = b"".join((head, body)) if size <= PARSE_IN_MEMORY_MAX else None
-                with open(name, "xb") as fh:
-                    for chunk in (content,) if content is not None else (head, body):
-                        fh.write(chunk)
-                digest = (
-                    self.ctx.store.sha256_of(content)
-                    if content is not None
-                    else _sha256_hex(head, body)
-                )
+            fragments = getattr(req, "fragments", None)  # receive.ReceivedStore
+            if fragments is not None:
+                size, content, digest = self._stage(name, [head, *fragments])
+            else:
+                with req.DataSet.getbuffer() as body:
+                    size, content, digest = self._stage(name, [head, body])
         except Exception as exc:
             Path(name).unlink(missing_ok=True)
             log.exception("C-STORE: cannot stage the data set")
@@ -378,6 +371,22 @@ class DimseHandlers:
                 "; ".join([outcome.message, *outcome.warnings]),
             )
         return self._status(int(outcome.status), outcome.message)
+
+    def _stage(self, name: str, parts: list[Any]) -> tuple[int, bytes | None, str | Future[str]]:
+        """Write the File Meta header and the data set's bytes to the new file ``name``:
+        its size, its bytes when kept in memory, and its SHA-256 (or a future of it).
+
+        Up to PARSE_IN_MEMORY_MAX the file is joined once and parsed from memory, its
+        SHA-256 computed on another core meanwhile (hashlib releases the GIL); a larger
+        object is written and hashed in place, not copied."""
+        size = sum(len(p) for p in parts)
+        content = b"".join(parts) if size <= PARSE_IN_MEMORY_MAX else None
+        with open(name, "xb") as fh:
+            for chunk in (content,) if content is not None else parts:
+                fh.write(chunk)
+        if content is not None:
+            return size, content, self.ctx.store.sha256_of(content)
+        return size, None, _sha256_hex(*parts)
 
     @staticmethod
     def _status(code: int, comment: str = "") -> Dataset:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom import AE, AllStoragePresentationContexts, _config
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomhub.dimse import command, reactor, transport
+from dicomhub.dimse import command, reactor, receive, transport
 from dicomhub.dimse.handlers import DimseHandlers
 
 if TYPE_CHECKING:
@@ -171,6 +171,7 @@ class DimseServer:
         _config.LOG_HANDLER_LEVEL = "none"
         reactor.install()
         command.install()
+        receive.install()
         transport.install()
         host = self.settings.dimse_host or self.settings.host
         spawn = self._listen is None and self.settings.dimse_workers > 1
