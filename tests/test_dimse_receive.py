@@ -11,6 +11,7 @@ provide the DIMSE service provider, its DUL event queue and its message queue.
 
 from __future__ import annotations
 
+import logging
 import queue
 import struct
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, dimse_messages, dimse_primitives
+from pynetdicom import AE, _config, dimse_messages, dimse_primitives
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import P_DATA
 
@@ -32,9 +33,13 @@ DATA_SET = bytes(range(256)) * 1000 + b"\x01"  # 256001 bytes
 
 @pytest.fixture(autouse=True)
 def _installed() -> Iterator[None]:
+    """As dicomhub's DIMSE server runs: pynetdicom's logging handlers unbound."""
     command.install()
     receive.install()
+    level = _config.LOG_HANDLER_LEVEL
+    _config.LOG_HANDLER_LEVEL = "none"
     yield
+    _config.LOG_HANDLER_LEVEL = level
 
 
 def _store(originator: bool = False) -> dimse_primitives.C_STORE:
@@ -97,7 +102,8 @@ def test_store_request_as_pynetdicom_decodes_it(max_pdu: int, originator: bool) 
     for name in _FIELDS:
         assert getattr(fast, name) == getattr(ref, name), name
     assert fast.MessageID == 7 and fast.Priority == 1
-    assert fast.is_valid_request
+    assert fast.is_valid_request and ref.is_valid_request
+    assert fast._joined is None  # the check did not join the data set
     assert b"".join(fast.fragments) == DATA_SET == ref.DataSet.getvalue()
     assert fast.size == len(DATA_SET)
     assert fast.DataSet.getvalue() == DATA_SET  # joined for code that wants a BytesIO
@@ -210,3 +216,14 @@ def test_data_set_interrupted_aborts(intruder: str) -> None:
     with pytest.raises(queue.Empty):
         provider.msg_queue.get_nowait()
     assert getattr(provider, "_dicomhub_store", None) is None
+
+
+def test_pynetdicom_logging_handlers_get_a_message(caplog: pytest.LogCaptureFixture) -> None:
+    """With pynetdicom's standard logging handlers bound, EVT_DIMSE_RECV carries the
+    C_STORE_RQ message they read, and they log it without error."""
+    _config.LOG_HANDLER_LEVEL = "standard"
+    caplog.set_level(logging.DEBUG, logger="pynetdicom")
+    _, req = _deliver(_provider(), _p_data(_store(), "C_STORE_RQ", 16382))
+    assert isinstance(req, receive.ReceivedStore)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "C-STORE RQ" in caplog.text

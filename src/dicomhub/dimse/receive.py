@@ -21,7 +21,7 @@ import struct
 from io import BytesIO
 from typing import Any
 
-from pynetdicom import evt
+from pynetdicom import _config, dimse_messages, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 
@@ -77,6 +77,15 @@ class ReceivedStore(C_STORE):  # type: ignore[misc]
     @DataSet.setter
     def DataSet(self, value: BytesIO | None) -> None:
         self._joined = value
+
+    @property
+    def is_valid_request(self) -> bool:
+        """pynetdicom's check, without joining the data set to see that it is there."""
+        return self.fragments is not None and all(
+            getattr(self, keyword) is not None
+            for keyword in self.REQUEST_KEYWORDS
+            if keyword != "DataSet"
+        )
 
 
 def decode_command(data: bytes | memoryview) -> dict[int, bytes] | None:
@@ -145,6 +154,18 @@ def store_request(command: dict[int, bytes]) -> ReceivedStore | None:
     return request
 
 
+def _message(request: ReceivedStore) -> Any:
+    """What ``EVT_DIMSE_RECV`` carries: the request itself (dicomhub's reactor reads only
+    the association), or pynetdicom's ``C_STORE_RQ`` message when pynetdicom's own logging
+    handlers are bound (``_config.LOG_HANDLER_LEVEL``), which read its Command Set."""
+    if _config.LOG_HANDLER_LEVEL == "none":
+        return request
+    message = dimse_messages.C_STORE_RQ()
+    message.primitive_to_message(request)
+    message.context_id = request._context_id
+    return message
+
+
 def receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None:
     """``DIMSEServiceProvider.receive_primitive`` with C-STORE-RQ messages received as
     :class:`ReceivedStore` (see the module documentation)."""
@@ -183,7 +204,7 @@ def receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None:
         request.size += len(fragment)
         if header & 0x02:
             self._dicomhub_store = None  # type: ignore[attr-defined]
-            evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": request})
+            evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": _message(request)})
             self.msg_queue.put((context_id, request))
             return
     self._dicomhub_store = incoming  # type: ignore[attr-defined]
