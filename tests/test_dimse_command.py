@@ -100,3 +100,73 @@ def test_anything_else_goes_to_pydicom() -> None:
     cmd = Dataset()
     cmd.Status = 0
     assert command.encode(cmd, False, True) == dsutils.encode(cmd, False, True)
+
+
+def _store_rsp(
+    status: int,
+    comment: str | None = None,
+    offending: list[int] | None = None,
+    uids: bool = True,
+) -> dimse_primitives.C_STORE:
+    rsp = dimse_primitives.C_STORE()
+    rsp.MessageIDBeingRespondedTo = 3
+    if uids:
+        rsp.AffectedSOPClassUID = SOP_CLASS
+        rsp.AffectedSOPInstanceUID = SOP_INSTANCE
+    rsp.Status = status
+    if comment is not None:
+        rsp.ErrorComment = comment
+    if offending is not None:
+        rsp.OffendingElement = offending
+    return rsp
+
+
+STORE_RESPONSES = [
+    _store_rsp(0x0000),
+    _store_rsp(0x0000, uids=False),
+    _store_rsp(0xA900, "SOPInstanceUID differs"),  # even length
+    _store_rsp(0xA700, "out of resources: disk full"),  # odd length
+    _store_rsp(0xC000, "Ärger mit dem Datensatz"),  # Latin-1 in LO
+    _store_rsp(0xB000, offending=[0x00100010, 0x00100020]),
+]
+
+
+def _sent(primitive: object, fast: bool, max_pdu: int = 0) -> list[list[tuple[int, bytes]]]:
+    """The P-DATA values that pynetdicom's send_msg, or dicomhub's, queues for the DUL."""
+    from pynetdicom import AE, _config
+    from pynetdicom.association import Association
+
+    assoc = Association(AE(), "acceptor")
+    assoc.requestor.maximum_length = max_pdu
+    level = _config.LOG_HANDLER_LEVEL
+    _config.LOG_HANDLER_LEVEL = "none"
+    try:
+        send = command.send_msg if fast else command._ORIGINAL_SEND
+        send(assoc.dimse, primitive, 5)  # type: ignore[arg-type]
+    finally:
+        _config.LOG_HANDLER_LEVEL = level
+    out = []
+    while not assoc.dul.to_provider_queue.empty():
+        pdata = assoc.dul.to_provider_queue.get_nowait()
+        out.append([tuple(v) for v in pdata.presentation_data_value_list])
+    return out
+
+
+@pytest.mark.parametrize("rsp", STORE_RESPONSES, ids=lambda r: f"{r.Status:04X}")
+def test_store_response_sent_as_pynetdicom_sends_it(rsp: dimse_primitives.C_STORE) -> None:
+    """The same P-DATA, byte for byte: one value, Command Set and last fragment."""
+    command.install()
+    fast = _sent(rsp, fast=True)
+    assert fast == _sent(rsp, fast=False)
+    assert len(fast) == 1 and fast[0][0][1][0] == 0x03
+    assert command.store_response_command(rsp) == fast[0][0][1][1:]
+
+
+def test_store_response_larger_than_the_peer_pdu_goes_through_pynetdicom() -> None:
+    """A peer whose maximum PDU cannot hold the response in one P-DATA: pynetdicom
+    fragments it (PS3.8 §E.2), with the same bytes."""
+    command.install()
+    rsp = _store_rsp(0xA900, "SOPInstanceUID differs")
+    small = _sent(rsp, fast=True, max_pdu=64)
+    assert len(small) > 1
+    assert small == _sent(rsp, fast=False, max_pdu=64)
