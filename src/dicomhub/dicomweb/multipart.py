@@ -38,7 +38,8 @@ MAX_HEADER_BYTES = 16 * 1024
 class MultipartParser:
     """Incremental parser; :meth:`feed` yields ``(event, payload)`` tuples.
 
-    Events: ``("start", PartHeaders)``, ``("data", bytes)``, ``("end", None)``.
+    Events: ``("start", PartHeaders)``, ``("data", bytes or memoryview)``, ``("end", None)``;
+    a data payload is valid until the next call.
     Call :meth:`close` after the last chunk: it raises :class:`MultipartError` if the
     closing boundary was never seen.
     """
@@ -56,6 +57,21 @@ class MultipartParser:
         """Consume a chunk and yield the events it completes."""
         if self.done:
             return  # epilogue is ignored
+        n = len(self.delimiter)
+        if self.state == "body" and len(self.buffer) < n <= len(chunk):
+            # inside a part's body, with at most a possible start of a delimiter kept:
+            # a chunk without a delimiter is passed on as a view, not copied
+            tail = self.buffer
+            # a delimiter starting in the kept tail would end in the chunk's first bytes
+            if (not tail or (tail + chunk[: n - 1]).find(self.delimiter) < 0) and chunk.find(
+                self.delimiter
+            ) < 0:
+                if tail:
+                    yield DATA, tail
+                safe = len(chunk) - n + 1
+                yield DATA, memoryview(chunk)[:safe]
+                self.buffer = chunk[safe:]
+                return
         self.buffer += chunk
         while True:
             if self.state == "preamble":

@@ -67,7 +67,7 @@ class _Part:
             self.fd = os.open(name, _CREATE, 0o600)
             self.path = Path(name)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         if self.fd is not None:
             view = memoryview(data)
@@ -176,7 +176,7 @@ async def _receive(request: Request, staging: Path, max_bytes: int) -> list[_Par
                     current = _Part(staging, payload.content_type, payload.headers)
                     parts.append(current)
                 elif event == DATA:
-                    assert current is not None and isinstance(payload, bytes)
+                    assert current is not None and isinstance(payload, (bytes, memoryview))
                     current.write(payload)
                 elif event == END and current is not None:
                     current.close()
