@@ -74,57 +74,87 @@ class DirectSocket:
             raise DirectWriteError("connection closed")
 
     async def send_files_async(self, parts: Sequence[FilePart]) -> int:
-        """:meth:`send_files` on the sendfile threads (not the application's thread pool:
-        slow clients must not take the threads every other request needs)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_SENDFILE_THREADS, self.send_files, parts)
+        """Write each part as one HTTP chunk, after :meth:`drained`, on the sendfile
+        threads (not the application's thread pool: slow clients must not take the threads
+        every other request needs).  Returns the bytes written; raises
+        :class:`DirectWriteError`.
 
-    def send_files(self, parts: Sequence[FilePart]) -> int:
-        """Write each part as one HTTP chunk (blocking; run it in a worker thread after
-        :meth:`drained`).  Returns the bytes written; raises :class:`DirectWriteError`."""
-        total = 0
-        for part in parts:
-            with open(part.path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                length = len(part.prefix) + size + len(part.suffix)
-                total += self._write(b"%x\r\n" % length + part.prefix)
-                total += self._sendfile(fh.fileno(), size)
-                total += self._write(part.suffix + b"\r\n")
-        log.debug("sendfile: %d parts, %d bytes", len(parts), total)
-        return total
+        The threads write to a duplicate of the connection's descriptor, taken here, on
+        the event loop's thread, while the transport is still open.  The descriptor
+        number itself is not safe to use from another thread: if the client goes away,
+        uvicorn closes it, and the next connection accepted may get the same number;
+        writing to the number would then send the rest of this response to that other
+        client.  The duplicate always refers to this connection (writes to it fail once
+        the peer is gone) and is closed by the thread when it is done.
+        """
+        if self.transport.is_closing():
+            raise DirectWriteError("connection closed")
+        fd = os.dup(self.fd)
+        try:
+            future = _SENDFILE_THREADS.submit(_send_files_then_close, fd, parts)
+        except BaseException:
+            os.close(fd)
+            raise
+        # a job cancelled before a thread took it never runs: close the duplicate here
+        future.add_done_callback(lambda f: os.close(fd) if f.cancelled() else None)
+        return await asyncio.wrap_future(future)
 
-    def _wait_writable(self) -> None:
-        _, writable, _ = select.select([], [self.fd], [], WRITE_TIMEOUT)
-        if not writable:
-            raise DirectWriteError("peer stopped reading")
 
-    def _write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while view:
-            try:
-                sent = os.write(self.fd, view)
-            except BlockingIOError:
-                self._wait_writable()
-                continue
-            except OSError as exc:
-                raise DirectWriteError(str(exc)) from exc
-            view = view[sent:]
-        return len(data)
+def _send_files_then_close(fd: int, parts: Sequence[FilePart]) -> int:
+    try:
+        return _send_files(fd, parts)
+    finally:
+        os.close(fd)
 
-    def _sendfile(self, in_fd: int, count: int) -> int:
-        offset = 0
-        while offset < count:
-            try:
-                sent = os.sendfile(self.fd, in_fd, offset, count - offset)
-            except BlockingIOError:
-                self._wait_writable()
-                continue
-            except OSError as exc:
-                raise DirectWriteError(str(exc)) from exc
-            if sent == 0:  # the file shrank under us: cannot keep the chunk length
-                raise DirectWriteError("file ended early")
-            offset += sent
-        return count
+
+def _send_files(fd: int, parts: Sequence[FilePart]) -> int:
+    """Each part as one HTTP chunk (RFC 9112 §7.1) on the socket ``fd``."""
+    total = 0
+    for part in parts:
+        with open(part.path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            length = len(part.prefix) + size + len(part.suffix)
+            total += _write(fd, b"%x\r\n" % length + part.prefix)
+            total += _sendfile(fd, fh.fileno(), size)
+            total += _write(fd, part.suffix + b"\r\n")
+    log.debug("sendfile: %d parts, %d bytes", len(parts), total)
+    return total
+
+
+def _wait_writable(fd: int) -> None:
+    _, writable, _ = select.select([], [fd], [], WRITE_TIMEOUT)
+    if not writable:
+        raise DirectWriteError("peer stopped reading")
+
+
+def _write(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = os.write(fd, view)
+        except BlockingIOError:
+            _wait_writable(fd)
+            continue
+        except OSError as exc:
+            raise DirectWriteError(str(exc)) from exc
+        view = view[sent:]
+    return len(data)
+
+
+def _sendfile(fd: int, in_fd: int, count: int) -> int:
+    offset = 0
+    while offset < count:
+        try:
+            sent = os.sendfile(fd, in_fd, offset, count - offset)
+        except BlockingIOError:
+            _wait_writable(fd)
+            continue
+        except OSError as exc:
+            raise DirectWriteError(str(exc)) from exc
+        if sent == 0:  # the file shrank under us: cannot keep the chunk length
+            raise DirectWriteError("file ended early")
+        offset += sent
+    return count
 
 
 def direct_socket(scope: Scope, send: Send) -> DirectSocket | None:
