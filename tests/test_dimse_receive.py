@@ -105,7 +105,6 @@ def test_store_request_as_pynetdicom_decodes_it(max_pdu: int, originator: bool) 
     assert fast.is_valid_request and ref.is_valid_request
     assert fast._joined is None  # the check did not join the data set
     assert b"".join(fast.fragments) == DATA_SET == ref.DataSet.getvalue()
-    assert fast.size == len(DATA_SET)
     assert fast.DataSet.getvalue() == DATA_SET  # joined for code that wants a BytesIO
     if max_pdu:
         assert len(fast.fragments) > 1

@@ -29,6 +29,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from dicomhub.codecs import dicomjson_fast, walker
+from dicomhub.codecs.walker import LONG_VRS, PIXEL_TAGS, UNDEFINED_LENGTH
 from dicomhub.core.attributes import ATTRIBUTES
 from dicomhub.core.errors import StoreFailure
 from dicomhub.core.model import BULK_BASE, ParsedInstance, Status
@@ -36,24 +37,7 @@ from dicomhub.core.model import BULK_BASE, ParsedInstance, Status
 log = logging.getLogger(__name__)
 
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 DEFLATED = ("1.2.840.10008.1.2.1.99",)
-_LONG_VRS = {
-    b"OB",
-    b"OD",
-    b"OF",
-    b"OL",
-    b"OV",
-    b"OW",
-    b"SQ",
-    b"SV",
-    b"UC",
-    b"UN",
-    b"UR",
-    b"UT",
-    b"UV",
-}
-_UNDEFINED = 0xFFFFFFFF
 #: A file up to this size is read whole for the walk; a larger one is mapped.
 READ_WHOLE_MAX = 256 << 10
 #: An inflated deflated data set larger than this is walked from a temporary file.
@@ -91,7 +75,7 @@ def _walk(
             length = struct.unpack(order + "I", head[4:])[0]
             if elem in (0xE00D, 0xE0DD):
                 return pixel
-            if length == _UNDEFINED:
+            if length == UNDEFINED_LENGTH:
                 _walk(fp, end, little, explicit, depth + 1)
             else:
                 if fp.tell() + length > end:
@@ -100,7 +84,7 @@ def _walk(
             continue
         if explicit:
             vr = head[4:6]
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 more = fp.read(4)
                 if len(more) < 4:
                     raise _Truncated(f"element header cut at byte {pos}")
@@ -111,7 +95,7 @@ def _walk(
             vr = b""
             length = struct.unpack(order + "I", head[4:])[0]
         tag = (group << 16) | elem
-        if length == _UNDEFINED:
+        if length == UNDEFINED_LENGTH:
             # SQ, UN with undefined length (implicit little endian inside), or encapsulated
             # pixel data: items follow until a Sequence Delimitation Item.
             if depth == 0 and tag in PIXEL_TAGS:

@@ -32,11 +32,12 @@ from pydicom.uid import UID
 from dicomhub.codecs.dicomjson_fast import fast_value
 
 PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
-_UNDEFINED = 0xFFFFFFFF
+UNDEFINED_LENGTH = 0xFFFFFFFF
 _ELEMENT = struct.Struct("<HH2sH")
 _U32 = struct.Struct("<I")
 _ITEM = struct.Struct("<HHI")
-_LONG = frozenset(
+#: explicit VRs with a 4-byte value length after two reserved bytes (PS3.5 §7.1.2)
+LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
 #: explicit VRs this walker converts itself (UN goes to the general path)
@@ -118,15 +119,10 @@ def walk(buf: Any, threshold: int) -> Walked:
     while pos < start:
         if pos + 8 > start:
             raise Fallback("File Meta Information element cut")
-        group, elem, vr, length = _ELEMENT.unpack_from(buf, pos)
+        group, elem, vr, length, pos = _header(buf, pos, start)
         if group != 2 or vr not in _VRS or vr == b"SQ":
             raise Fallback("unexpected element in File Meta Information")
-        if vr in _LONG:
-            length = _U32.unpack_from(buf, pos + 8)[0]
-            pos += 12
-        else:
-            pos += 8
-        if length == _UNDEFINED or pos + length > start:
+        if length == UNDEFINED_LENGTH or pos + length > start:
             raise Fallback("File Meta Information element runs past its group")
         if elem == 0x0010:
             tsuid = buf[pos : pos + length].decode("ascii").strip("\x00 ")
@@ -144,6 +140,17 @@ def walk(buf: Any, threshold: int) -> Walked:
     return Walked(tsuid, media_sop, metadata, pixel, bulk)
 
 
+def _header(buf: Any, pos: int, end: int) -> tuple[int, int, bytes, int, int]:
+    """The Explicit VR Little Endian element header at ``pos`` (at least 8 bytes before
+    ``end``): group, element, VR bytes, value length and value offset (PS3.5 §7.1.2)."""
+    group, elem, vr, length = _ELEMENT.unpack_from(buf, pos)
+    if vr not in LONG_VRS:
+        return group, elem, vr, length, pos + 8
+    if pos + 12 > end:
+        raise Fallback(f"element header cut at byte {pos}")
+    return group, elem, vr, _U32.unpack_from(buf, pos + 8)[0], pos + 12
+
+
 def _dataset(
     buf: Any,
     pos: int,
@@ -158,16 +165,15 @@ def _dataset(
     """Convert the elements from ``pos`` to ``end`` (or to an Item Delimitation Item when
     ``delimited``); returns the JSON, the position after, and the top-level pixel data."""
     out: dict[str, Any] = {}
-    unpack = _ELEMENT.unpack_from
     while pos < end:
         if pos + 8 > end:
             if depth == 0 and not buf[pos:end].strip(b"\x00"):
                 break  # trailing NUL padding, as the general path allows
             raise Fallback(f"element header cut at byte {pos}")
-        group, elem, vr_bytes, length = unpack(buf, pos)
+        group, elem, vr_bytes, length, value_pos = _header(buf, pos, end)
         if group == 0xFFFE:
             if delimited and elem == 0xE00D and length == 0:
-                return out, pos + 8, None
+                return out, value_pos, None
             raise Fallback(f"unexpected item tag at byte {pos}")
         tag = group << 16 | elem
         if depth == 0 and tag in PIXEL_TAGS:
@@ -177,13 +183,7 @@ def _dataset(
         vr = _VRS.get(vr_bytes)
         if vr is None or group < 8:
             raise Fallback(f"element ({group:04X},{elem:04X}) needs the general path")
-        if vr_bytes in _LONG:
-            if pos + 12 > end:
-                raise Fallback(f"element header cut at byte {pos}")
-            length = _U32.unpack_from(buf, pos + 8)[0]
-            pos += 12
-        else:
-            pos += 8
+        pos = value_pos
         key = _key(tag)
         if key in out:
             raise Fallback(f"repeated element {key}")
@@ -192,7 +192,7 @@ def _dataset(
             items, pos = _items(buf, pos, end, length, encodings, threshold, sub, bulk, depth)
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             continue
-        if length == _UNDEFINED:
+        if length == UNDEFINED_LENGTH:
             raise Fallback(f"undefined length {vr} value {key}")
         stop = pos + length
         if stop > end:
@@ -255,14 +255,14 @@ def _items(
 ) -> tuple[list[dict[str, Any]], int]:
     """The items of a sequence value starting at ``pos`` (PS3.5 §7.5)."""
     items: list[dict[str, Any]] = []
-    if length != _UNDEFINED:
+    if length != UNDEFINED_LENGTH:
         stop = pos + length
         if stop > end:
             raise Fallback("sequence runs past the end")
     else:
         stop = end
     while True:
-        if length != _UNDEFINED and pos == stop:
+        if length != UNDEFINED_LENGTH and pos == stop:
             return items, pos
         if pos + 8 > stop:
             raise Fallback("item header cut")
@@ -271,13 +271,13 @@ def _items(
         if group != 0xFFFE:
             raise Fallback("sequence value holds something other than items")
         if elem == 0xE0DD:
-            if length != _UNDEFINED or item_length != 0:
+            if length != UNDEFINED_LENGTH or item_length != 0:
                 raise Fallback("unexpected sequence delimiter")
             return items, pos
         if elem != 0xE000:
             raise Fallback("unexpected item delimiter")
         sub = f"{uri}/{len(items)}"
-        if item_length == _UNDEFINED:
+        if item_length == UNDEFINED_LENGTH:
             item, pos, _ = _dataset(
                 buf, pos, stop, encodings, threshold, sub, bulk, depth + 1, delimited=True
             )
@@ -303,20 +303,13 @@ def _walk_rest(buf: Any, pos: int, end: int) -> tuple[int, int] | None:
             if not buf[pos:end].strip(b"\x00"):
                 return pixel
             raise Fallback(f"element header cut at byte {pos}")
-        group, elem, vr, length = _ELEMENT.unpack_from(buf, pos)
+        group, elem, vr, length, pos = _header(buf, pos, end)
         tag = group << 16 | elem
         if group == 0xFFFE or vr not in _VRS:
             raise Fallback(f"unexpected element at byte {pos}")
-        if vr in _LONG:
-            if pos + 12 > end:
-                raise Fallback(f"element header cut at byte {pos}")
-            length = _U32.unpack_from(buf, pos + 8)[0]
-            pos += 12
-        else:
-            pos += 8
         if tag in PIXEL_TAGS:
             pixel = (tag, pos)
-        if length == _UNDEFINED:
+        if length == UNDEFINED_LENGTH:
             pos = _skip_items(buf, pos, end)
             continue
         if pos + length > end:
@@ -336,6 +329,6 @@ def _skip_items(buf: Any, pos: int, end: int) -> int:
             raise Fallback("unexpected element among items")
         if elem == 0xE0DD:
             return pos
-        if elem != 0xE000 or length == _UNDEFINED or pos + length > end:
+        if elem != 0xE000 or length == UNDEFINED_LENGTH or pos + length > end:
             raise Fallback("item the general path checks")
         pos += length

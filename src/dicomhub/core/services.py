@@ -52,8 +52,12 @@ _T = TypeVar("_T")
 NATIVE_LITTLE_ENDIAN = frozenset({syntaxes.ELE, syntaxes.ILE})
 
 
-def _sha256_hex(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
+def sha256_hex(*chunks: bytes | memoryview) -> str:
+    """The SHA-256 (hex) of the chunks one after the other."""
+    hasher = hashlib.sha256()
+    for chunk in chunks:
+        hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 class _PlacementFailed(Exception):
@@ -125,7 +129,7 @@ class StoreService:
     def sha256_of(self, content: bytes) -> str | Future[str]:
         """The SHA-256 of ``content`` (hex): computed on :attr:`executor` when there is
         one, so that the caller parses the object meanwhile (see :class:`StagedFile`)."""
-        return self._beside(_sha256_hex, content)
+        return self._beside(sha256_hex, content)
 
     def _beside(self, fn: Callable[..., _T], *args: Any) -> _T | Future[_T]:
         """``fn(*args)`` on :attr:`executor` (a future), or here when there is none or it

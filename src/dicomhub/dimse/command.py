@@ -16,7 +16,7 @@ carries it; every other message is sent by pynetdicom's ``send_msg``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -57,23 +57,28 @@ def _value(vr: str, value: Any) -> bytes | None:
     return raw + pad if len(raw) % 2 else raw
 
 
+def _elements(fields: Iterable[tuple[int, str, Any]]) -> bytes | None:
+    """``(element number, VR, value)`` of group 0000 encoded in order, or ``None`` when a
+    value is not one this writes."""
+    out: list[bytes] = []
+    for element, vr, value in fields:
+        try:
+            encoded = _value(vr, value)
+        except (UnicodeEncodeError, struct.error):
+            return None
+        if encoded is None:
+            return None
+        out.append(struct.pack("<HHI", 0, element, len(encoded)))
+        out.append(encoded)
+    return b"".join(out)
+
+
 def encode_command_set(ds: Dataset) -> bytes | None:
     """``ds`` as an Implicit VR Little Endian Command Set, or ``None`` if it holds an
     element outside group 0000 or of a VR this does not write."""
-    out: list[bytes] = []
-    for elem in ds:
-        tag = int(elem.tag)
-        if tag >> 16:
-            return None
-        try:
-            value = _value(elem.VR, elem.value)
-        except (UnicodeEncodeError, struct.error):
-            return None
-        if value is None:
-            return None
-        out.append(struct.pack("<HHI", 0, tag, len(value)))
-        out.append(value)
-    return b"".join(out)
+    if any(int(elem.tag) >> 16 for elem in ds):
+        return None
+    return _elements((int(elem.tag), elem.VR, elem.value) for elem in ds)
 
 
 def encode(
@@ -86,13 +91,6 @@ def encode(
         if fast is not None:
             return fast
     return _ORIGINAL(ds, is_implicit_vr, is_little_endian, deflated)
-
-
-def _element(element: int, vr: str, value: Any) -> bytes | None:
-    encoded = _value(vr, value)
-    if encoded is None:
-        return None
-    return struct.pack("<HHI", 0, element, len(encoded)) + encoded
 
 
 def store_response_command(rsp: C_STORE) -> bytes | None:
@@ -109,18 +107,9 @@ def store_response_command(rsp: C_STORE) -> bytes | None:
         (0x0902, "LO", rsp.ErrorComment),
         (0x1000, "UI", rsp.AffectedSOPInstanceUID),
     )
-    out: list[bytes] = []
-    for element, vr, value in fields:
-        if value is None:
-            continue
-        try:
-            encoded = _element(element, vr, value)
-        except (UnicodeEncodeError, struct.error):
-            return None
-        if encoded is None:
-            return None
-        out.append(encoded)
-    body = b"".join(out)
+    body = _elements((e, vr, value) for e, vr, value in fields if value is not None)
+    if body is None:
+        return None
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
 

@@ -47,6 +47,7 @@ from dicomhub.core.dicomjson import row_to_json
 from dicomhub.core.errors import CannotTranscode, DicomhubError, InvalidRequest, Unauthorized
 from dicomhub.core.model import StagedFile, StoredInstance
 from dicomhub.core.query import parse_find
+from dicomhub.core.services import sha256_hex
 from dicomhub.dimse import reactor
 from dicomhub.dimse import status as st
 
@@ -386,7 +387,7 @@ class DimseHandlers:
                 fh.write(chunk)
         if content is not None:
             return size, content, self.ctx.store.sha256_of(content)
-        return size, None, _sha256_hex(*parts)
+        return size, None, sha256_hex(*parts)
 
     @staticmethod
     def _status(code: int, comment: str = "") -> Dataset:
@@ -778,13 +779,6 @@ def _cancelled(event: Event) -> bool:
 #: received data set in memory too), so it is kept to the sizes that gain from it:
 #: CT/MR/US/NM images; CR, DX, MG and multi-frame objects take the file path.
 PARSE_IN_MEMORY_MAX = 8 << 20
-
-
-def _sha256_hex(*chunks: bytes | memoryview) -> str:
-    hasher = hashlib.sha256()
-    for chunk in chunks:
-        hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def part10_header(

@@ -64,7 +64,6 @@ class ReceivedStore(C_STORE):  # type: ignore[misc]
     """
 
     fragments: list[memoryview] | None = None
-    size = 0
     _joined: BytesIO | None = None
 
     @property  # type: ignore[override]
@@ -201,7 +200,6 @@ def receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None:
             return
         fragment = memoryview(data)[1:]
         fragments.append(fragment)
-        request.size += len(fragment)
         if header & 0x02:
             self._dicomhub_store = None  # type: ignore[attr-defined]
             evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": _message(request)})
