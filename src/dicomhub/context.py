@@ -5,7 +5,7 @@ Everything else receives ports (:mod:`dicomhub.core.ports`) or services.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from dicomhub.auth.passwords import Argon2Hasher
@@ -29,6 +29,9 @@ from dicomhub.storage.filesystem import FileSystemBlobStore
 
 #: Threads that hash received objects beside the edges' own threads (StoreService).
 INGEST_HASH_THREADS = 2
+#: Threads that write and hash STOW-RS parts beside the event loop (dicomweb/stow.py);
+#: os.write and SHA-256 release the GIL, so one per core.
+INGEST_WRITE_THREADS = 2
 
 
 @dataclass
@@ -45,9 +48,12 @@ class Context:
     nodes: NodeService
     auth: AuthService
     audit: AuditService
+    #: threads on which the DICOMweb edge writes received bodies (dicomweb/stow.py)
+    ingest: Executor
 
     def close(self) -> None:
         """Release database connections and the threads of the blob store and ingest."""
+        self.ingest.shutdown(wait=True)
         self.blobs.close()
         if self.store.executor is not None:
             self.store.executor.shutdown(wait=True)
@@ -107,4 +113,5 @@ def build_context(settings: Settings, *, migrate: bool = True) -> Context:
         nodes=NodeService(SqlNodeRegistry(index.engine, index.write_engine)),
         auth=auth,
         audit=audit,
+        ingest=ThreadPoolExecutor(INGEST_WRITE_THREADS, thread_name_prefix="stow-writer"),
     )

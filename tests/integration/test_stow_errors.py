@@ -343,6 +343,30 @@ def test_storage_failure_leaves_nothing(server: LiveServer, tmp_path: Path) -> N
     assert_nothing_stored(server)
 
 
+def test_staging_failure_is_507_and_leaves_nothing(server: LiveServer) -> None:
+    """In: three valid instances (CT, MR JPEG 2000, US RLE) while the staging directory
+    cannot take files (it has been replaced by a plain file): 507 with the reason, no
+    index row, no file; once staging is back, the same request stores all three."""
+    staging = server.ctx.settings.data_dir / "storage" / "staging"
+    aside = staging.with_name("staging.aside")
+    staging.rename(aside)
+    staging.write_bytes(b"not a directory")
+    body, ctype = stow_body([CT, MR_J2K, US_RLE])
+    try:
+        r = post(server, body, ctype)
+        assert r.status_code == 507, r.text
+        assert "cannot write the request to staging storage" in r.json()["error"]
+        assert server.ctx.index.count_instances() == 0
+        assert stored_files(server) == []
+    finally:
+        staging.unlink()
+        aside.rename(staging)
+    assert_nothing_stored(server)
+    r = post(server, body, ctype)
+    assert r.status_code == 200, r.text
+    assert server.ctx.index.count_instances() == 3
+
+
 def test_index_failure_removes_the_blob(server: LiveServer, tmp_path: Path) -> None:
     """In: a CT whose SOP Class UID is longer than the index column allows on PostgreSQL,
     or a deliberately broken index table: the blob written first is removed again."""

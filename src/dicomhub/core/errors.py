@@ -31,6 +31,10 @@ class PayloadTooLarge(DicomhubError):
     """The request body is larger than the configured limit (HTTP 413)."""
 
 
+class InsufficientStorage(DicomhubError):
+    """The archive cannot write what it received (a full or failing disk, HTTP 507)."""
+
+
 class Unauthorized(DicomhubError):
     """No, invalid, expired or revoked credentials (HTTP 401, DIMSE association rejection)."""
 

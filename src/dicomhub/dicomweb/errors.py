@@ -23,6 +23,7 @@ STATUS: list[tuple[type[errors.DicomhubError], int]] = [
     (errors.CannotTranscode, 406),
     (errors.UnsupportedMediaType, 415),
     (errors.PayloadTooLarge, 413),
+    (errors.InsufficientStorage, 507),
     (errors.Conflict, 409),
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),

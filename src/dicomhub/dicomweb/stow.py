@@ -9,11 +9,17 @@ validates, writes durably and indexes it, or leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import os
+import threading
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,12 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from dicomhub.core.access import AccessScope
-from dicomhub.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from dicomhub.core.errors import (
+    InsufficientStorage,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from dicomhub.core.model import ReceivedObject, StagedFile, Status, StoreOutcome
 from dicomhub.core.syntaxes import LOSSLESS_SOURCES
 from dicomhub.dicomweb.deps import BaseURL, Ctx, WriteAccess
@@ -49,7 +60,99 @@ ORIGINAL_TS_HEADER = "dicomhub-original-transfer-syntax"
 ORIGINAL_PC_HEADER = "dicomhub-original-planar-configuration"
 
 
+#: Bytes of a request's body that may wait for its writer at most (then the body is
+#: read no further until the writer has caught up): memory stays bounded by a slow disk.
+WRITE_AHEAD = 8 << 20
+
+
+class _Writer:
+    """Creates, writes and hashes the staging files of one request on a worker thread,
+    job after job in the order given, while the event loop goes on parsing the body.
+
+    ``os.write`` and SHA-256 release the GIL, so with two cores they run beside the
+    event loop instead of in it.  The jobs hold the body's chunks (immutable bytes) by
+    reference until written; :meth:`wait` bounds how many bytes may wait.  A job that
+    fails keeps its error for :meth:`wait`, and the jobs after it are skipped, except
+    the clean-up job of :meth:`abandon`.
+    """
+
+    def __init__(self, pool: Executor, loop: asyncio.AbstractEventLoop) -> None:
+        self._pool = pool
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._jobs: collections.deque[tuple[Callable[[], None], int, bool]] = collections.deque()
+        self._running = False
+        self._pending = 0  # bytes (at least 1 per job) not yet done
+        self._waiter: tuple[asyncio.Event, int] | None = None
+        self.error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None], size: int = 0, *, always: bool = False) -> None:
+        """Queue ``job`` (``size`` bytes of body); ``always``: run even after a failure."""
+        with self._lock:
+            self._jobs.append((job, max(size, 1), always))
+            self._pending += max(size, 1)
+            if self._running:
+                return
+            self._running = True
+        self._pool.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._running = False
+                    return
+                job, size, always = self._jobs.popleft()
+            if always or self.error is None:
+                try:
+                    job()
+                except BaseException as exc:
+                    log.warning("STOW-RS: writing a staged part failed: %s", exc)
+                    if self.error is None:
+                        self.error = exc
+            with self._lock:
+                self._pending -= size
+                wake = None
+                if self._waiter is not None and self._pending <= self._waiter[1]:
+                    wake, self._waiter = self._waiter[0], None
+            if wake is not None:
+                with contextlib.suppress(RuntimeError):  # the event loop has stopped
+                    self._loop.call_soon_threadsafe(wake.set)
+
+    def pending(self) -> int:
+        """Bytes (at least 1 per job) queued or being written."""
+        with self._lock:
+            return self._pending
+
+    async def wait(self, limit: int = 0) -> None:
+        """Until at most ``limit`` bytes are pending (0: every job is done); then the
+        first failure of a job, if any, is raised."""
+        while True:
+            with self._lock:
+                if self._pending <= limit:
+                    break
+                event = asyncio.Event()
+                self._waiter = (event, limit)
+            await event.wait()
+        if self.error is not None:
+            raise self.error
+
+    def abandon(self, parts: list[_Part]) -> None:
+        """The request failed: skip what is still queued, then remove every staged file
+        of ``parts`` (on the writer's thread, after any write still running)."""
+        if self.error is None:
+            self.error = InvalidRequest("request abandoned")
+
+        def discard() -> None:
+            for p in parts:
+                p.discard()
+
+        self.submit(discard, always=True)
+
+
 class _Part:
+    """One body part; its staging file is created, written and hashed by a _Writer."""
+
     def __init__(self, staging: Path, content_type: str, headers: dict[str, str]) -> None:
         self.content_type = content_type
         original = headers.get(ORIGINAL_TS_HEADER, "").strip()
@@ -62,13 +165,15 @@ class _Part:
         self.path: Path | None = None
         self.fd: int | None = None
         if self.accepted:
-            # a new file of its own (O_EXCL), written unbuffered: the chunks arrive large
-            name = f"{staging}/{uuid.uuid4().hex}.part"
-            self.fd = os.open(name, _CREATE, 0o600)
-            self.path = Path(name)
+            self.path = Path(f"{staging}/{uuid.uuid4().hex}.part")
+
+    def open(self) -> None:
+        """Create the staging file: a new file of its own (O_EXCL), written unbuffered
+        (the chunks arrive large)."""
+        if self.path is not None:
+            self.fd = os.open(self.path, _CREATE, 0o600)
 
     def write(self, data: bytes | memoryview) -> None:
-        self.size += len(data)
         if self.fd is not None:
             view = memoryview(data)
             while view:
@@ -135,7 +240,9 @@ def _response_dataset(outcomes: list[StoreOutcome], base: str) -> tuple[int, dic
     return status, doc
 
 
-async def _receive(request: Request, staging: Path, max_bytes: int) -> list[_Part]:
+async def _receive(request: Request, staging: Path, max_bytes: int, pool: Executor) -> list[_Part]:
+    """Parse the multipart body into parts staged in files (written and hashed by a
+    :class:`_Writer` on ``pool``); on any failure nothing is left in staging."""
     content_type = request.headers.get("content-type", "")
     media, params = parse_content_type(content_type)
     if media != "multipart/related":
@@ -162,11 +269,14 @@ async def _receive(request: Request, staging: Path, max_bytes: int) -> list[_Par
                 f"request body of {declared} bytes exceeds the limit of {max_bytes}"
             )
     parser = MultipartParser(boundary)
+    writer = _Writer(pool, asyncio.get_running_loop())
     parts: list[_Part] = []
     current: _Part | None = None
     received = 0
     try:
         async for chunk in request.stream():
+            if not isinstance(chunk, bytes):  # the writer holds views of it: immutable only
+                chunk = bytes(chunk)
             received += len(chunk)
             if received > max_bytes:
                 raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
@@ -175,16 +285,32 @@ async def _receive(request: Request, staging: Path, max_bytes: int) -> list[_Par
                     assert isinstance(payload, PartHeaders)
                     current = _Part(staging, payload.content_type, payload.headers)
                     parts.append(current)
+                    if current.accepted:
+                        writer.submit(current.open)
                 elif event == DATA:
                     assert current is not None and isinstance(payload, (bytes, memoryview))
-                    current.write(payload)
+                    current.size += len(payload)
+                    if current.accepted:
+                        writer.submit(functools.partial(current.write, payload), len(payload))
                 elif event == END and current is not None:
-                    current.close()
+                    if current.accepted:
+                        writer.submit(current.close)
                     current = None
+            if writer.pending() > WRITE_AHEAD:
+                await writer.wait(WRITE_AHEAD // 2)
         parser.close()
-    except BaseException:
-        for p in parts:
-            p.discard()
+        try:
+            await writer.wait()
+        except OSError as exc:
+            raise InsufficientStorage(
+                f"cannot write the request to staging storage: {exc.strerror or exc}"
+            ) from exc
+    except BaseException as exc:
+        writer.abandon(parts)
+        if not isinstance(exc, asyncio.CancelledError):
+            # the error response goes out once nothing of the request is left in staging
+            with contextlib.suppress(Exception):
+                await writer.wait()
         raise
     return parts
 
@@ -217,7 +343,9 @@ def _store_all(
 async def _stow(
     request: Request, ctx: Ctx, base: str, study: str | None, *, access: AccessScope
 ) -> JSONResponse:
-    parts = await _receive(request, ctx.store.staging_dir(), ctx.settings.max_request_bytes)
+    parts = await _receive(
+        request, ctx.store.staging_dir(), ctx.settings.max_request_bytes, ctx.ingest
+    )
     if not parts:
         raise InvalidRequest("multipart body has no parts")
     outcomes = await run_in_threadpool(_store_all, ctx, parts, study, access)

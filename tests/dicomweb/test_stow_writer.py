@@ -1,0 +1,143 @@
+"""The STOW-RS writer (dicomweb/stow.py ``_Writer``): staging files created, written and
+hashed on a worker thread in the order the body arrived, bounded memory, failures kept
+for the event loop and nothing left in staging when a request is abandoned.
+
+Real threads, real files in a temporary staging directory, a real event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from dicomhub.dicomweb.stow import _Part, _Writer
+
+DICOM = "application/dicom"
+
+
+def _chunks(data: bytes, size: int) -> list[memoryview]:
+    view = memoryview(data)
+    return [view[i : i + size] for i in range(0, len(data), size)]
+
+
+async def _write_parts(writer: _Writer, staging: Path, bodies: list[bytes]) -> list[_Part]:
+    parts = []
+    for body in bodies:
+        part = _Part(staging, DICOM, {})
+        parts.append(part)
+        writer.submit(part.open)
+        for chunk in _chunks(body, 65_537):
+            part.size += len(chunk)
+            writer.submit(lambda p=part, c=chunk: p.write(c), len(chunk))
+        writer.submit(part.close)
+    await writer.wait()
+    return parts
+
+
+def test_parts_are_written_and_hashed_in_order(tmp_path: Path) -> None:
+    """Three parts of 1 MB, 1 byte and 0 bytes, sent in 64 KiB views: each file holds
+    exactly its bytes and the part's SHA-256 is the file's."""
+    bodies = [os.urandom(1 << 20), b"\x01", b""]
+    with ThreadPoolExecutor(2) as pool:
+
+        async def main() -> list[_Part]:
+            return await _write_parts(_Writer(pool, asyncio.get_running_loop()), tmp_path, bodies)
+
+        parts = asyncio.run(main())
+    for part, body in zip(parts, bodies, strict=True):
+        assert part.path is not None and part.path.read_bytes() == body
+        assert part.size == len(body)
+        assert part.hasher.hexdigest() == hashlib.sha256(body).hexdigest()
+        assert part.fd is None  # closed
+
+
+def test_wait_bounds_what_is_pending(tmp_path: Path) -> None:
+    """A writer held by a slow disk (a job blocked on an event): 3 MB wait; ``wait(1 MB)``
+    returns only once the writer is down to 1 MB, and ``wait()`` once it is done."""
+    gate = threading.Event()
+    done: list[int] = []
+    with ThreadPoolExecutor(1) as pool:
+
+        async def main() -> None:
+            writer = _Writer(pool, asyncio.get_running_loop())
+            writer.submit(gate.wait)
+            for i in range(3):
+                writer.submit(lambda i=i: done.append(i), 1 << 20)
+            assert writer.pending() == 1 + (3 << 20)
+            waiting = asyncio.create_task(writer.wait(1 << 20))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()  # still 3 MB behind the blocked job
+            gate.set()
+            await waiting
+            assert writer.pending() <= 1 << 20
+            assert len(done) >= 2
+            await writer.wait()
+            assert writer.pending() == 0 and done == [0, 1, 2]
+
+        asyncio.run(main())
+
+
+def test_a_failed_job_is_raised_and_the_rest_skipped(tmp_path: Path) -> None:
+    """A staging directory that has gone (the disk was unmounted): creating the file
+    fails, ``wait`` raises that OSError, the part's writes are skipped, a job marked
+    ``always`` still runs."""
+    missing = tmp_path / "gone"
+    ran: list[str] = []
+    with ThreadPoolExecutor(2) as pool:
+
+        async def main() -> None:
+            writer = _Writer(pool, asyncio.get_running_loop())
+            part = _Part(missing, DICOM, {})
+            writer.submit(part.open)
+            writer.submit(lambda: ran.append("write"), 10)
+            writer.submit(lambda: ran.append("always"), always=True)
+            with pytest.raises(FileNotFoundError):
+                await writer.wait()
+
+        asyncio.run(main())
+    assert ran == ["always"]
+    assert not missing.exists()
+
+
+def test_abandon_removes_every_staged_file_after_the_running_write(tmp_path: Path) -> None:
+    """A request that fails while its writer is busy (a write blocked mid-way): after
+    ``abandon`` the queued writes are skipped, and once the blocked write ends every file
+    of the request, open or closed, is removed."""
+    gate = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+
+        async def main() -> None:
+            writer = _Writer(pool, asyncio.get_running_loop())
+            first = _Part(tmp_path, DICOM, {})
+            second = _Part(tmp_path, DICOM, {})
+            for part in (first, second):
+                writer.submit(part.open)
+                writer.submit(lambda p=part: p.write(b"x" * 1000), 1000)
+            writer.submit(gate.wait)  # the disk stalls here
+            writer.submit(lambda: second.write(b"never written"), 13)
+            await asyncio.sleep(0.05)
+            assert len(list(tmp_path.iterdir())) == 2
+            writer.abandon([first, second])
+            gate.set()
+            with pytest.raises(Exception, match="abandoned"):
+                await writer.wait()
+            assert first.fd is None and second.fd is None
+
+        asyncio.run(main())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_parts_are_not_staged(tmp_path: Path) -> None:
+    """A part that is not application/dicom gets no staging file."""
+    part = _Part(tmp_path, "text/plain", {})
+    assert not part.accepted and part.path is None
+    part.open()
+    part.write(b"ignored")
+    part.discard()
+    assert list(tmp_path.iterdir()) == []
