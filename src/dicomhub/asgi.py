@@ -8,11 +8,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from dicomhub.config import load_settings
-from dicomhub.context import build_context
+from dicomhub.context import build_context, freeze_heap
 from dicomhub.dicomweb.app import create_app
 
 
 def create() -> FastAPI:
     """Build the app from the environment (used by ``dicomhub serve --workers N``)."""
     settings = load_settings()
-    return create_app(build_context(settings, migrate=False))
+    app = create_app(build_context(settings, migrate=False))
+    freeze_heap()
+    return app

