@@ -11,12 +11,13 @@ import asyncio
 import hashlib
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from dicomhub.dicomweb.stow import _Part, _Writer
+from dicomhub.dicomweb.stow import WRITE_AHEAD, _Part, _Writer
 
 DICOM = "application/dicom"
 
@@ -141,3 +142,29 @@ def test_other_parts_are_not_staged(tmp_path: Path) -> None:
     part.write(b"ignored")
     part.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_large_upload_does_not_hold_the_thread(tmp_path: Path) -> None:
+    """Two requests share one writer thread: one has 24 MiB queued behind a slow disk
+    (1 MiB jobs of 5 ms), the other one small job queued just after.  The small one runs
+    after at most WRITE_AHEAD bytes of the large one, not after all of it."""
+    order: list[str] = []
+    with ThreadPoolExecutor(1) as pool:
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            large, small = _Writer(pool, loop), _Writer(pool, loop)
+
+            def slow(i: int) -> None:
+                time.sleep(0.005)
+                order.append(f"large-{i}")
+
+            for i in range(24):
+                large.submit(lambda i=i: slow(i), 1 << 20)
+            small.submit(lambda: order.append("small"), 100)
+            await small.wait()
+            await large.wait()
+
+        asyncio.run(main())
+    assert len(order) == 25
+    assert order.index("small") <= WRITE_AHEAD >> 20

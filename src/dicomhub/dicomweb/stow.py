@@ -68,6 +68,8 @@ WRITE_AHEAD = 8 << 20
 class _Writer:
     """Creates, writes and hashes the staging files of one request on a worker thread,
     job after job in the order given, while the event loop goes on parsing the body.
+    After each :data:`WRITE_AHEAD` bytes it lets the other requests' writers have the
+    thread (they share a small pool).
 
     ``os.write`` and SHA-256 release the GIL, so with two cores they run beside the
     event loop instead of in it.  The jobs hold the body's chunks (immutable bytes) by
@@ -97,12 +99,18 @@ class _Writer:
         self._pool.submit(self._drain)
 
     def _drain(self) -> None:
+        done = 0
         while True:
             with self._lock:
                 if not self._jobs:
                     self._running = False
                     return
+                if done >= WRITE_AHEAD:
+                    # fair to the other requests: back to the end of the pool's queue, so
+                    # a large upload that the disk cannot keep up with never holds a thread
+                    break
                 job, size, always = self._jobs.popleft()
+            done += size
             if always or self.error is None:
                 try:
                     job()
@@ -118,6 +126,10 @@ class _Writer:
             if wake is not None:
                 with contextlib.suppress(RuntimeError):  # the event loop has stopped
                     self._loop.call_soon_threadsafe(wake.set)
+        try:
+            self._pool.submit(self._drain)
+        except RuntimeError:  # the pool is shutting down: finish here
+            self._drain()
 
     def pending(self) -> int:
         """Bytes (at least 1 per job) queued or being written."""
