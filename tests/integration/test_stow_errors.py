@@ -6,13 +6,17 @@ object files and staging files must match exactly what was accepted.
 
 from __future__ import annotations
 
+import io
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 import requests
+from pydicom.uid import generate_uid
 
 from conftest import SAMPLES, LiveServer, http, make_settings
 from dicomhub.config import DuplicatePolicy
@@ -361,6 +365,35 @@ def test_staging_failure_is_507_and_leaves_nothing(server: LiveServer) -> None:
     finally:
         staging.unlink()
         aside.rename(staging)
+    assert_nothing_stored(server)
+    r = post(server, body, ctype)
+    assert r.status_code == 200, r.text
+    assert server.ctx.index.count_instances() == 3
+
+
+@pytest.mark.parametrize("sent", [0.3, 0.7])
+def test_client_leaving_mid_body_leaves_nothing(server: LiveServer, sent: float) -> None:
+    """In: a 3-part body (CT, MR JPEG 2000, CT copy; ~1.1 MB, Content-Length given) of
+    which only the first 30 % or 70 % arrives before the client closes the connection:
+    nothing stored, staging empty once the server has noticed; the next client's same
+    request stores all three."""
+    copy = pydicom.dcmread(CT)
+    copy.SOPInstanceUID = generate_uid()
+    out = io.BytesIO()
+    copy.save_as(out)
+    body, ctype = stow_body([CT, MR_J2K, out.getvalue()])
+    head = (
+        f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {server.token}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head + body[: int(len(body) * sent)])
+        time.sleep(0.3)  # the server has written what came
+    staging = server.ctx.settings.data_dir / "storage" / "staging"
+    deadline = time.monotonic() + 10
+    while any(staging.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert_nothing_stored(server)
     r = post(server, body, ctype)
     assert r.status_code == 200, r.text
