@@ -168,3 +168,24 @@ def test_a_large_upload_does_not_hold_the_thread(tmp_path: Path) -> None:
         asyncio.run(main())
     assert len(order) == 25
     assert order.index("small") <= WRITE_AHEAD >> 20
+
+
+def test_jobs_still_run_when_the_pool_has_stopped(tmp_path: Path) -> None:
+    """The server is stopping (its writer pool shut down) while a body arrives: the jobs
+    run on the caller's thread, so the part is written, or removed when abandoned."""
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+
+    async def main() -> tuple[_Part, _Part]:
+        writer = _Writer(pool, asyncio.get_running_loop())
+        kept = (await _write_parts(writer, tmp_path, [b"kept"]))[0]
+        other = _Writer(pool, asyncio.get_running_loop())
+        dropped = _Part(tmp_path, DICOM, {})
+        other.submit(dropped.open)
+        other.submit(lambda: dropped.write(b"dropped"), 7)
+        other.abandon([dropped])
+        return kept, dropped
+
+    kept, dropped = asyncio.run(main())
+    assert kept.path is not None and kept.path.read_bytes() == b"kept"
+    assert dropped.path is not None and not dropped.path.exists()

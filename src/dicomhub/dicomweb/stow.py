@@ -96,7 +96,10 @@ class _Writer:
             if self._running:
                 return
             self._running = True
-        self._pool.submit(self._drain)
+        try:
+            self._pool.submit(self._drain)
+        except RuntimeError:  # the pool is shutting down (the server stops): write here
+            self._drain()
 
     def _drain(self) -> None:
         done = 0
