@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from dicomhub.core.errors import InsufficientStorage
 from dicomhub.dicomweb.stow import WRITE_AHEAD, _Part, _Writer
 
 DICOM = "application/dicom"
@@ -86,7 +87,8 @@ def test_wait_bounds_what_is_pending(tmp_path: Path) -> None:
 
 def test_a_failed_job_is_raised_and_the_rest_skipped(tmp_path: Path) -> None:
     """A staging directory that has gone (the disk was unmounted): creating the file
-    fails, ``wait`` raises that OSError, the part's writes are skipped, a job marked
+    fails, ``wait`` raises it as InsufficientStorage (507) — also a wait for the body's
+    bound in the middle of a request — the part's writes are skipped, a job marked
     ``always`` still runs."""
     missing = tmp_path / "gone"
     ran: list[str] = []
@@ -98,8 +100,10 @@ def test_a_failed_job_is_raised_and_the_rest_skipped(tmp_path: Path) -> None:
             writer.submit(part.open)
             writer.submit(lambda: ran.append("write"), 10)
             writer.submit(lambda: ran.append("always"), always=True)
-            with pytest.raises(FileNotFoundError):
-                await writer.wait()
+            for limit in (0, WRITE_AHEAD // 2):
+                with pytest.raises(InsufficientStorage, match="staging") as caught:
+                    await writer.wait(limit)
+                assert isinstance(caught.value.__cause__, FileNotFoundError)
 
         asyncio.run(main())
     assert ran == ["always"]

@@ -96,9 +96,14 @@ class _Writer:
             if self._running:
                 return
             self._running = True
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Run :meth:`_drain` on the pool, or here when the pool has stopped (the server
+        is shutting down): a body still arriving is written or removed all the same."""
         try:
             self._pool.submit(self._drain)
-        except RuntimeError:  # the pool is shutting down (the server stops): write here
+        except RuntimeError:
             self._drain()
 
     def _drain(self) -> None:
@@ -129,10 +134,7 @@ class _Writer:
             if wake is not None:
                 with contextlib.suppress(RuntimeError):  # the event loop has stopped
                     self._loop.call_soon_threadsafe(wake.set)
-        try:
-            self._pool.submit(self._drain)
-        except RuntimeError:  # the pool is shutting down: finish here
-            self._drain()
+        self._schedule()
 
     def pending(self) -> int:
         """Bytes (at least 1 per job) queued or being written."""
@@ -141,7 +143,9 @@ class _Writer:
 
     async def wait(self, limit: int = 0) -> None:
         """Until at most ``limit`` bytes are pending (0: every job is done); then the
-        first failure of a job, if any, is raised."""
+        first failure of a job, if any, is raised: a file that could not be created or
+        written (OSError: a full or failing disk) as :class:`InsufficientStorage` (507),
+        wherever in the body it happened."""
         while True:
             with self._lock:
                 if self._pending <= limit:
@@ -149,6 +153,10 @@ class _Writer:
                 event = asyncio.Event()
                 self._waiter = (event, limit)
             await event.wait()
+        if isinstance(self.error, OSError):
+            raise InsufficientStorage(
+                f"cannot write the request to staging storage: {self.error.strerror or self.error}"
+            ) from self.error
         if self.error is not None:
             raise self.error
 
@@ -314,12 +322,7 @@ async def _receive(request: Request, staging: Path, max_bytes: int, pool: Execut
             if writer.pending() > WRITE_AHEAD:
                 await writer.wait(WRITE_AHEAD // 2)
         parser.close()
-        try:
-            await writer.wait()
-        except OSError as exc:
-            raise InsufficientStorage(
-                f"cannot write the request to staging storage: {exc.strerror or exc}"
-            ) from exc
+        await writer.wait()
     except BaseException as exc:
         writer.abandon(parts)
         if not isinstance(exc, asyncio.CancelledError):
