@@ -35,6 +35,44 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def _serve_workers(settings: Settings) -> None:
+    """``--workers N``: this process listens and hands each connection to the worker
+    process with the fewest open connections (:mod:`dicomhub.balancer`) until SIGTERM or
+    SIGINT; then the workers finish their requests and stop."""
+    import signal
+    import socket
+    import subprocess
+
+    from dicomhub.balancer import Balancer
+    from dicomhub.dicomweb.worker import WORKER_SETTINGS_ENV
+
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listen = socket.create_server((settings.host, settings.http_port), family=family, backlog=2048)
+    env = dict(os.environ)
+    env[WORKER_SETTINGS_ENV] = settings.model_dump_json()
+
+    def spawn(channel: socket.socket) -> subprocess.Popen[bytes]:
+        fd = channel.fileno()
+        command = [sys.executable, "-m", "dicomhub.dicomweb.worker", "--channel", str(fd)]
+        return subprocess.Popen(command, pass_fds=(fd,), env=env)
+
+    balancer = Balancer(listen, spawn, settings.workers, name="HTTP worker")
+    previous = {
+        sig: signal.signal(sig, lambda *_: balancer.request_stop())
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    print(
+        f"  HTTP:     {settings.workers} worker processes, connections to the least busy",
+        flush=True,
+    )
+    try:
+        balancer.serve()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        listen.close()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the HTTP (DICOMweb) server on the configured archive."""
     import uvicorn
@@ -61,6 +99,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pw_file = settings.data_dir / "initial-admin-password"
         with open(os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
             fh.write(password + "\n")
+    # a crash can leave partly received uploads in staging (never indexed): removed
+    # here, before any edge or worker process receives
+    leftovers = ctx.store.clear_staging()
+    if leftovers:
+        logging.getLogger(__name__).info("removed %d unfinished uploads from staging", leftovers)
     dimse = None
     if settings.dimse_port:
         from dicomhub.dimse.server import DimseServer
@@ -78,25 +121,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
         flush=True,
     )
-    common = dict(
-        host=settings.host,
-        port=settings.http_port,
-        log_level=settings.log_level.lower(),
-        loop="auto",
-        http="auto",
-        timeout_keep_alive=30,
-    )
+    from dicomhub.dicomweb.worker import uvicorn_options
+
     if settings.workers > 1:
-        for field in ("data_dir", "database_url", "database_schema"):
-            value = getattr(settings, field)
-            if value is not None:
-                os.environ[f"DICOMHUB_{field.upper()}"] = str(value)
-        freeze_heap()
-        uvicorn.run("dicomhub.asgi:create", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+        _serve_workers(settings)
     else:
         app = create_app(ctx)
         freeze_heap()
-        uvicorn.run(app, **common)  # type: ignore[arg-type]
+        uvicorn.run(app, **uvicorn_options(settings))  # type: ignore[arg-type]
     if dimse is not None:
         dimse.stop()
     ctx.close()

@@ -6,6 +6,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -69,3 +70,20 @@ def uid(value: dict[str, object], tag: str) -> str:
     el = value[tag]
     assert isinstance(el, dict) and "Value" in el, f"{tag} has no value in {value}"
     return str(el["Value"][0])
+
+
+def served_pixel_digest(ctx: Any, stored: Any) -> str | None:
+    """The pixel digest the archive gives for ``stored`` (a StoredInstance): what the
+    pixel-digests endpoint answers (RetrieveService.pixel_records, which computes a
+    native object's digest the first time it is asked and records it); afterwards the
+    index row must hold that same digest."""
+    from dicomhub.core.access import SYSTEM
+
+    records = ctx.retrieve.pixel_records(
+        SYSTEM, stored.study_instance_uid, stored.series_instance_uid
+    )
+    (record,) = [r for r in records if r["SOPInstanceUID"] == stored.sop_instance_uid]
+    digest = record["PixelDigest"]
+    again = ctx.index.find_instance(stored.sop_instance_uid, stored.owner_pk)
+    assert again is not None and again.pixel_digest == digest, (again, digest)
+    return digest  # type: ignore[no-any-return]

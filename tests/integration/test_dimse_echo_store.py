@@ -46,7 +46,7 @@ from integration.dimse_helpers import (
     stow,
     wado_instance,
 )
-from integration.helpers import uid
+from integration.helpers import served_pixel_digest, uid
 
 PER_SYNTAX = 3
 BY_STORESCU = pick_per_syntax(PER_SYNTAX, list(STORESCU_FLAG))
@@ -96,8 +96,9 @@ def _check_arrived(node: LiveNode, cand: Candidate, calling_ae: str) -> list[str
     digest = hashlib.sha256(node.ctx.blobs.local_path(stored.storage_key).read_bytes())
     if digest.hexdigest() != stored.sha256:
         problems.append("the SHA-256 of the stored file differs from the index's")
-    if stored.pixel_digest != transcode.pixel_digest(cand.path):
-        problems.append(f"pixel digest {stored.pixel_digest} is not that of the sent pixels")
+    served = served_pixel_digest(node.ctx, stored)
+    if served != transcode.pixel_digest(cand.path):
+        problems.append(f"pixel digest {served} is not that of the sent pixels")
     return problems
 
 

@@ -112,6 +112,34 @@ class PydicomPixelCodec:
                 log.warning("%s: pixel data decoded on the second attempt", path.name)
         return result
 
+    def deferred_digest_planar(
+        self, path: Path, parsed: ParsedInstance, content: bytes | None = None
+    ) -> int | None:
+        """The stored Planar Configuration when the pixel digest of this object is the
+        SHA-256 of its Pixel Data bytes as stored (native little endian, canonical
+        layout), so that it can be computed later from the stored file; else ``None``."""
+        layout = transcode.native_layout_from_parsed(path, parsed, content)
+        return None if layout is None else layout[2]
+
+    def stored_pixel_digest(self, path: Path, sha256: str) -> str | None:
+        """The pixel digest of a stored object, once its bytes are checked to be those
+        received (their SHA-256 is ``sha256``); ``None`` when they are not (logged) or
+        it has no decodable pixel data."""
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        if h.hexdigest() != sha256:
+            log.error(
+                "%s: the stored object is not what was received (SHA-256 %s, recorded %s): "
+                "no pixel digest",
+                path,
+                h.hexdigest(),
+                sha256,
+            )
+            return None
+        return self.pixel_digest(path)[0]
+
     def transcode(
         self,
         path: Path,

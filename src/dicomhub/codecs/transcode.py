@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -211,17 +212,19 @@ def pixel_digest_and_planar(path: Path) -> tuple[str | None, int | None]:
         return None, None
 
 
-def native_digest_from_parsed(
+def native_layout_from_parsed(
     path: Path, parsed: Any, content: bytes | None = None
-) -> tuple[str, int] | None:
-    """(digest, planar) of native little-endian Pixel Data from what the ingest reader
-    found (its DICOM JSON and the value offset), without parsing the header again, from
-    the file's bytes ``content`` when given; ``None`` when that shortcut does not apply
-    (the general path then decides)."""
+) -> tuple[int, int, int] | None:
+    """(value offset, length, Planar Configuration) of native little-endian Pixel Data
+    whose pixel digest is the SHA-256 of those bytes as stored (frames back to back in
+    canonical form), from what the ingest reader found (its DICOM JSON and the value
+    offset) and the value length in the file (``content``: the file's bytes, if at
+    hand); ``None`` when that shortcut does not apply (the general path then decides)."""
     meta = parsed.metadata
     offset = parsed.pixel_data_offset
     if (
         offset is None
+        or offset < 4
         or parsed.transfer_syntax_uid not in (syntaxes.ELE, syntaxes.ILE)
         or "7FE00010" not in meta
     ):
@@ -246,16 +249,32 @@ def native_digest_from_parsed(
         return None
     total = rows * columns * samples * (bits // 8) * frames
     if content is not None:
-        view = memoryview(content)
-        length = int.from_bytes(view[offset - 4 : offset], "little")
-        if length == 0xFFFFFFFF or total > length or offset + total > len(view):
-            return None
-        return hashlib.sha256(view[offset : offset + total]).hexdigest(), planar
+        length = int.from_bytes(content[offset - 4 : offset], "little")
+        size = len(content)
+    else:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            length = int.from_bytes(os.pread(fd, 4, offset - 4), "little")
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    if length == 0xFFFFFFFF or total > length or offset + total > size:
+        return None
+    return offset, total, planar
+
+
+def native_digest_from_parsed(
+    path: Path, parsed: Any, content: bytes | None = None
+) -> tuple[str, int] | None:
+    """(digest, planar) of native little-endian Pixel Data by
+    :func:`native_layout_from_parsed`, hashed from ``content`` when given."""
+    layout = native_layout_from_parsed(path, parsed, content)
+    if layout is None:
+        return None
+    offset, total, planar = layout
+    if content is not None:
+        return hashlib.sha256(memoryview(content)[offset : offset + total]).hexdigest(), planar
     with path.open("rb") as fh:
-        fh.seek(offset - 4)
-        length = int.from_bytes(fh.read(4), "little")
-        if length == 0xFFFFFFFF or total > length:
-            return None
         digest = _sha256_range(fh, offset, total)
     return (digest, planar) if digest is not None else None
 

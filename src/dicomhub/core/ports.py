@@ -72,6 +72,11 @@ class BlobStore(Protocol):
         """Local directory for incoming files (same filesystem, so ``put_file`` is a rename)."""
         ...
 
+    def clear_staging(self) -> int:
+        """Remove every file left in :meth:`staging_dir` (uploads a stopped server never
+        finished: none is indexed); the number removed.  Only while nothing receives."""
+        ...
+
 
 class InstanceReader(Protocol):
     """Parses and validates a received Part 10 file (PS3.10 §7)."""
@@ -141,6 +146,11 @@ class Index(Protocol):
         self, parsed: ParsedInstance, staged: StagedFile, storage_key: str, owner_pk: int
     ) -> StoredInstance:
         """Replace the existing row of this SOP Instance UID; return the old one."""
+        ...
+
+    def record_pixel_digests(self, digests: Sequence[tuple[StoredInstance, str]]) -> None:
+        """Record the pixel digest of instances indexed without one (computed when first
+        asked); a row since replaced by another object is left alone."""
         ...
 
     def search(self, query: Query, scope: dict[str, str], access: AccessScope) -> list[QueryRow]:
@@ -244,6 +254,18 @@ class PixelCodec(Protocol):
         when it has no decodable Pixel Data (codecs/transcode.py defines the digest).
         ``parsed`` (what the reader found) lets native pixel data be hashed without
         parsing the header again, from ``content`` (the file's bytes) when given."""
+        ...
+
+    def deferred_digest_planar(
+        self, path: Path, parsed: ParsedInstance, content: bytes | None = None
+    ) -> int | None:
+        """The stored Planar Configuration when the pixel digest is a hash of the stored
+        Pixel Data bytes (computable later from the stored file), else ``None``."""
+        ...
+
+    def stored_pixel_digest(self, path: Path, sha256: str) -> str | None:
+        """The pixel digest of a stored object whose bytes must have SHA-256 ``sha256``
+        (``None`` if they do not, or it has no decodable pixel data)."""
         ...
 
     def transcode(

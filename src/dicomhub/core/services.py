@@ -9,6 +9,7 @@ on any failure leave neither behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import re
@@ -149,6 +150,11 @@ class StoreService:
     def staging_dir(self) -> Path:
         """Where edges write incoming bytes before calling :meth:`store`."""
         return self.blobs.staging_dir()
+
+    def clear_staging(self) -> int:
+        """At start-up, before any edge receives: remove what a crash left in staging
+        (partly received objects, never indexed); how many."""
+        return self.blobs.clear_staging()
 
     def store(
         self,
@@ -374,6 +380,18 @@ class StoreService:
             return outcome
         parsed.original_transfer_syntax_uid = original[0] or parsed.transfer_syntax_uid
         if self.pixels is not None and parsed.has_pixel_data:
+            if parsed.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN and not self._should_transcode(
+                parsed.transfer_syntax_uid
+            ):
+                planar = self.pixels.deferred_digest_planar(staged.path, parsed, staged.content)
+                if planar is not None:
+                    # stored as received, and its pixel digest is the SHA-256 of stored
+                    # bytes: computed when first asked (RetrieveService.pixel_records),
+                    # from the stored file checked against the SHA-256 recorded now
+                    parsed.original_planar_configuration = (
+                        original[1] if original[0] and original[1] is not None else planar
+                    )
+                    return parsed, staged, outcome
             if (
                 staged.content is not None
                 and parsed.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN
@@ -685,7 +703,31 @@ class RetrieveService:
         self, access: AccessScope, study: str, series: str | None = None
     ) -> list[dict[str, Any]]:
         """Per instance: stored and original syntax and the pixel digest (dicomhub extension,
-        docs/conformance.md "Pixel digests"), so a client can prove a transfer lossless."""
+        docs/conformance.md "Pixel digests"), so a client can prove a transfer lossless.
+
+        A native object stored as received is indexed without its digest (it is a hash
+        of the stored pixel bytes, so nothing is lost by waiting): it is computed here the
+        first time it is asked for, from the stored file once that is checked against the
+        SHA-256 recorded at ingest, and recorded in the index.
+        """
+        found = self.instances(access, study, series)
+        computed: list[tuple[StoredInstance, str]] = []
+        for i in found:
+            if (
+                i.pixel_digest is None
+                and i.has_pixels
+                and i.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN
+            ):
+                digest = self.pixels.stored_pixel_digest(self.local_path(i), i.sha256)
+                if digest is not None:
+                    computed.append((i, digest))
+        if computed:
+            self.index.record_pixel_digests(computed)
+            by_key = {i.storage_key: d for i, d in computed}
+            found = [
+                dataclasses.replace(i, pixel_digest=by_key.get(i.storage_key, i.pixel_digest))
+                for i in found
+            ]
         return [
             {
                 "StudyInstanceUID": i.study_instance_uid,
@@ -700,7 +742,7 @@ class RetrieveService:
                 "PixelDigest": i.pixel_digest,
                 "PixelDigestAlgorithm": PIXEL_DIGEST_ALGORITHM if i.pixel_digest else None,
             }
-            for i in self.instances(access, study, series)
+            for i in found
         ]
 
     def metadata(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -22,19 +20,10 @@ PREFIX = "/dicom-web"
 def create_app(ctx: Context) -> FastAPI:
     """Build the HTTP application around an archive context."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # a crash can leave partly received uploads in staging: they were never indexed
-        for leftover in ctx.store.staging_dir().glob("*.part"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        yield
-
     app = DicomhubAPI(
         title="dicomhub",
         version=__version__,
         description="DICOMweb archive (PS3.18): STOW-RS, QIDO-RS, WADO-RS.",
-        lifespan=lifespan,
         # no unauthenticated API explorer on a public server (docs/security.md)
         docs_url=None,
         redoc_url=None,

@@ -536,6 +536,28 @@ class SqlIndex:
             self._write_rows(conn, [IndexedInstance(parsed, staged, storage_key, owner_pk)])
         return old
 
+    def record_pixel_digests(self, digests: Sequence[tuple[StoredInstance, str]]) -> None:
+        """Set ``pixel_digest`` where it is still empty and the row still points at the
+        same stored object (its storage key)."""
+        if not digests:
+            return
+        stmt = (
+            update(instances)
+            .where(
+                instances.c.owner_pk == bindparam("o"),
+                instances.c.sop_instance_uid == bindparam("u"),
+                instances.c.storage_key == bindparam("k"),
+                instances.c.pixel_digest.is_(None),
+            )
+            .values(pixel_digest=bindparam("d"))
+        )
+        rows = [
+            {"o": i.owner_pk, "u": i.sop_instance_uid, "k": i.storage_key, "d": d}
+            for i, d in digests
+        ]
+        with self.write_engine.begin() as conn:
+            conn.execute(stmt, rows)
+
     # -- reads ---------------------------------------------------------------------------
     @staticmethod
     def _stored_select() -> Select[Any]:

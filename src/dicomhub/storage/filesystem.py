@@ -51,6 +51,15 @@ class FileSystemBlobStore:
         """Directory for incoming files, on the same filesystem as the objects."""
         return self._staging
 
+    def clear_staging(self) -> int:
+        """Remove the files a stopped server left in staging; how many."""
+        removed = 0
+        for leftover in self._staging.glob("*.part"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+                removed += 1
+        return removed
+
     def presync(self, source: Path) -> None:
         """Start the fsync of the staged file ``source`` in the background; the
         ``put_file``/``put_files`` that places it waits for it (and fails with its error)."""
