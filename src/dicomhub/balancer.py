@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import selectors
 import signal
 import socket
@@ -337,10 +338,12 @@ class Balancer:
 
 
 class ChannelReceiver:
-    """The worker's end of a :class:`Balancer` channel, on an asyncio loop.
+    """The worker's end of a :class:`Balancer` channel: read on an asyncio loop
+    (:meth:`start`) or by a thread of its own (:meth:`run`).
 
     ``on_connection(sock)`` is called for each connection handed over; ``on_end()`` when
-    the main process has gone.  :meth:`closed` reports one closed connection.
+    the main process has gone.  :meth:`closed` (any thread) reports one closed
+    connection.
     """
 
     def __init__(
@@ -354,11 +357,17 @@ class ChannelReceiver:
         self._on_connection = on_connection
         self._on_end = on_end
         self._unsent = 0
+        self._send_lock = threading.Lock()
 
     def start(self, loop: object) -> None:
         """Read the channel on ``loop`` (an asyncio loop) and tell the main process that
         this worker serves."""
-        loop.add_reader(self.channel, self._readable)  # type: ignore[attr-defined]
+
+        def readable() -> None:
+            if self._readable():  # the end: nothing more will come
+                self.stop(loop)
+
+        loop.add_reader(self.channel, readable)  # type: ignore[attr-defined]
         self._send(READY)
 
     def stop(self, loop: object) -> None:
@@ -366,32 +375,46 @@ class ChannelReceiver:
         with contextlib.suppress(Exception):
             loop.remove_reader(self.channel)  # type: ignore[attr-defined]
 
+    def run(self, stopping: threading.Event) -> None:
+        """Tell the main process that this worker serves, then read the channel on this
+        thread until the main process has gone or ``stopping`` is set."""
+        self._send(READY)
+        while not stopping.is_set():
+            try:
+                readable, _, _ = select.select([self.channel], [], [], 0.5)
+            except (OSError, ValueError):  # closed meanwhile
+                return
+            if readable and self._readable():
+                return
+
     def closed(self) -> None:
         """One connection handed to this worker is closed."""
         self._send(CLOSED)
 
     def _send(self, record: bytes) -> None:
-        try:
-            for _ in range(self._unsent):
-                self.channel.send(CLOSED)
-                self._unsent -= 1
-            self.channel.send(record)
-        except BlockingIOError:  # the main process is behind: tell it later
-            if record == CLOSED:
-                self._unsent += 1
-        except OSError:
-            pass  # the main process is gone: _readable will see the end
+        with self._send_lock:
+            try:
+                while self._unsent:
+                    self.channel.send(CLOSED)
+                    self._unsent -= 1
+                self.channel.send(record)
+            except BlockingIOError:  # the main process is behind: tell it later
+                if record == CLOSED:
+                    self._unsent += 1
+            except OSError:
+                pass  # the main process is gone: reading the channel will see the end
 
-    def _readable(self) -> None:
+    def _readable(self) -> bool:
+        """Take what the channel holds; whether it has ended."""
         while True:
             try:
                 record, fds, _, _ = socket.recv_fds(self.channel, 16, 8)
             except BlockingIOError:
-                return
+                return False
             except OSError:
                 record, fds = b"", []
             for fd in fds:
                 self._on_connection(socket.socket(fileno=fd))
             if not record:
                 self._on_end()
-                return
+                return True

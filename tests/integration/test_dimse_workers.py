@@ -1,9 +1,12 @@
-"""Several processes accept DIMSE associations on one port (``dimse_workers``).
+"""Several processes serve DIMSE associations on one port (``dimse_workers``): the main
+process accepts each and hands it to the worker with the fewest open associations
+(dicomhub.balancer).
 
 What came in: ``dicomhub serve --dimse-workers 2`` as an operator starts it, a device
-registered with ``dicomhub device add``; copies of the NEMA CT (new UIDs) sent by four
-DCMTK storescu processes at once; one association while the main process is stopped
-(SIGSTOP), so only the worker can take it; then SIGTERM of the server.
+registered with ``dicomhub device add``; four associations held open at once; copies of
+the NEMA CT (new UIDs) sent by four DCMTK storescu processes at once; an open
+association used while the main process is frozen (SIGSTOP); a worker killed with
+SIGKILL; then SIGTERM of the server.
 """
 
 from __future__ import annotations
@@ -42,7 +45,44 @@ def _children(pid: int) -> list[int]:
 
 
 def _cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _serving(proc: subprocess.Popen[bytes], log: Path, n: int) -> None:
+    """Until the main process has logged ``n`` times that a DIMSE worker serves (it
+    hands associations only to workers that do)."""
+    deadline = time.monotonic() + 60
+    while len(re.findall(rb"DIMSE worker \d+ \(pid \d+\) serving", log.read_bytes())) < n:
+        assert proc.poll() is None, "server exited"
+        assert time.monotonic() < deadline, "the DIMSE workers do not serve"
+        time.sleep(0.2)
+
+
+def _workers(pid: int) -> list[int]:
+    return sorted(c for c in _children(pid) if "dicomhub.dimse.worker" in _cmdline(c))
+
+
+def _held(pid: int, port: int) -> int:
+    """Established TCP connections of local port ``port`` that process ``pid`` holds."""
+    served = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            next(fh)
+            for line in fh:
+                f = line.split()
+                if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
+                    served.add(f[9])
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        held += target.startswith("socket:[") and target[8:-1] in served
+    return held
 
 
 @pytest.fixture
@@ -51,19 +91,17 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]
     _cli("device", "add", "worker-test", "--data-dir", str(data), "--subscriber", "default",
          "--ae-title", CALLING, "--address", "127.0.0.1")  # fmt: skip
     port = free_port()
+    log = tmp_path / "server.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "dicomhub.cli", "serve", "--data-dir", str(data),
          "--http-port", str(free_port()), "--dimse-port", str(port), "--dimse-workers", "2",
-         "--log-level", "warning"],
+         "--log-level", "info"],
         env=dict(os.environ, DICOMHUB_FSYNC="false"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )  # fmt: skip
+    _serving(proc, log, 2)
     deadline = time.monotonic() + 60
-    while not [c for c in _children(proc.pid) if "dicomhub.dimse.worker" in _cmdline(c)]:
-        assert proc.poll() is None, "server exited"
-        assert time.monotonic() < deadline, "no DIMSE worker process"
-        time.sleep(0.2)
     while not _echo(port):
         assert time.monotonic() < deadline, "DIMSE port does not answer"
         time.sleep(0.2)
@@ -163,52 +201,89 @@ def test_four_associations_at_once_all_stored(
     assert _find_count(port, "WORKERS4") == 20
 
 
-def test_worker_serves_while_the_main_process_is_stopped(
+def test_associations_go_to_the_least_busy_worker(
     served: tuple[subprocess.Popen[bytes], int, Path],
 ) -> None:
-    """With the main process frozen (SIGSTOP) an association is still accepted and its
-    C-STOREs succeed: the worker process took it.  SIGTERM then ends both processes."""
+    """Four associations established at once and held: each worker serves two (with
+    one listening socket shared by the processes, one often took three or four); the
+    main process serves none.  One is released: the next goes where it was."""
     proc, port, tmp = served
-    workers = [c for c in _children(proc.pid) if "dicomhub.dimse.worker" in _cmdline(c)]
-    assert len(workers) == 1
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assocs = [ae.associate("127.0.0.1", port, ae_title="DICOMHUB") for _ in range(4)]
+    try:
+        assert all(a.is_established for a in assocs)
+        workers = _workers(proc.pid)
+        assert sorted(_held(w, port) for w in workers) == [2, 2]
+        assert _held(proc.pid, port) == 0
+        first = next(w for w in workers if _held(w, port) == 2)
+        assocs[0].release()
+        deadline = time.monotonic() + 20
+        while sorted(_held(w, port) for w in workers) != [1, 2]:
+            assert time.monotonic() < deadline, "the released association is still held"
+            time.sleep(0.1)
+        emptier = next(w for w in workers if _held(w, port) == 1)
+        time.sleep(0.5)  # the worker's report of the closed connection reaches the main
+        assocs[0] = ae.associate("127.0.0.1", port, ae_title="DICOMHUB")
+        assert assocs[0].is_established
+        assert _held(emptier, port) == 2 and sorted(_held(w, port) for w in workers) == [2, 2]
+        assert first in workers
+        status = assocs[0].send_c_store(_copies(tmp, 1, "LEASTBUSY")[0]).Status
+        assert status == 0
+    finally:
+        for a in assocs:
+            if a.is_established:
+                a.release()
+    assert _find_count(port, "LEASTBUSY") == 1
+
+
+def test_an_open_association_goes_on_while_the_main_process_is_stopped(
+    served: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    """An association established, then the main process frozen (SIGSTOP): its C-STOREs
+    still succeed (the worker holds the connection; the main process only accepts).
+    SIGTERM then ends every process."""
+    proc, port, tmp = served
+    workers = _workers(proc.pid)
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMHUB")
+    assert assoc.is_established
     os.kill(proc.pid, signal.SIGSTOP)
     try:
-        assert _store(port, _copies(tmp, 3, "FROZENMAIN")) == [0, 0, 0]
+        statuses = [int(assoc.send_c_store(ds).Status) for ds in _copies(tmp, 3, "FROZENMAIN")]
+        assert statuses == [0, 0, 0]
+        assoc.release()
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     assert _find_count(port, "FROZENMAIN") == 3
     proc.terminate()
-    proc.wait(30)
+    proc.wait(60)  # uvicorn ends by the signal it caught, after its shutdown
     deadline = time.monotonic() + 20
-    while Path(f"/proc/{workers[0]}").exists() and time.monotonic() < deadline:
+    while any(_cmdline(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not Path(f"/proc/{workers[0]}/cmdline").exists() or not _cmdline(workers[0])
+    assert not any(_cmdline(w) for w in workers)
 
 
 def test_a_killed_worker_is_restarted(
     served: tuple[subprocess.Popen[bytes], int, Path],
 ) -> None:
-    """What came in: SIGKILL of the DIMSE worker process (as the OOM killer does).  The
-    main process starts a new one; with the main process then frozen, the new worker
-    alone takes an association and stores."""
+    """What came in: SIGKILL of a DIMSE worker process (as the OOM killer does).  The
+    main process starts a new one; associations made afterwards are served and store,
+    the new worker taking its share."""
     proc, port, tmp = served
-    (old,) = [c for c in _children(proc.pid) if "dicomhub.dimse.worker" in _cmdline(c)]
-    os.kill(old, signal.SIGKILL)
+    old = _workers(proc.pid)
+    os.kill(old[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
-    new: list[int] = []
-    while not new:
+    while True:
+        now = _workers(proc.pid)
+        if len(now) == 2 and old[0] not in now:
+            break
         assert time.monotonic() < deadline, "the worker was not restarted"
         time.sleep(0.2)
-        new = [
-            c for c in _children(proc.pid) if c != old and "dicomhub.dimse.worker" in _cmdline(c)
-        ]
-    while not _echo(port):  # the new worker is up once it answers (main answers too)
+    _serving(proc, tmp / "server.log", 3)
+    while not _echo(port):
         assert time.monotonic() < deadline, "DIMSE port does not answer"
         time.sleep(0.2)
-    time.sleep(2)  # let the new worker finish starting before the main process freezes
-    os.kill(proc.pid, signal.SIGSTOP)
-    try:
-        assert _store(port, _copies(tmp, 2, "RESTARTED")) == [0, 0]
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
+    assert _store(port, _copies(tmp, 2, "RESTARTED")) == [0, 0]
     assert _find_count(port, "RESTARTED") == 2

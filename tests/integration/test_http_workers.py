@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,13 +112,14 @@ def served(tmp_path: Path) -> Iterator[Served]:
     leftover = staging / f"{uuid.uuid4().hex}.part"
     leftover.write_bytes(b"half an upload")
     port = free_port()
+    log = tmp_path / "server.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "dicomhub.cli", "serve", "--data-dir", str(data),
          "--http-port", str(port), "--workers", "2", "--dimse-port", "0",
-         "--log-level", "warning"],
+         "--log-level", "info"],
         env=dict(os.environ, DICOMHUB_FSYNC="false"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )  # fmt: skip
 
     def answers() -> bool:
@@ -133,6 +135,11 @@ def served(tmp_path: Path) -> Iterator[Served]:
 
     _until(answers, "the server does not answer /health")
     _until(lambda: len(_workers(proc.pid)) == 2, "two HTTP worker processes")
+    # connections go only to workers that serve: both must, for the counts below
+    _until(
+        lambda: len(re.findall(rb"HTTP worker \d+ \(pid \d+\) serving", log.read_bytes())) == 2,
+        "both HTTP workers serve",
+    )
     assert not leftover.exists(), "the unfinished upload was left in staging"
     out = subprocess.run(
         [sys.executable, "-m", "dicomhub.cli", "token", "issue", "admin", "--data-dir",

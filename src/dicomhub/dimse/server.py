@@ -7,6 +7,7 @@ Query/Retrieve FIND/GET/MOVE; Storage Commitment Push Model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -16,9 +17,10 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, _config
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicomhub.balancer import Balancer, ChannelReceiver
 from dicomhub.dimse import command, reactor, receive, transport
 from dicomhub.dimse.handlers import DimseHandlers
 
@@ -51,8 +53,6 @@ STORAGE_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.5",  # RLE Lossless
     "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
 ]
-#: Seconds before a DIMSE worker process that exited is started again.
-WORKER_RESTART_DELAY = 2.0
 QUERY_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT_PUSH_MODEL = "1.2.840.10008.1.20.1"
@@ -87,69 +87,74 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def _shared_socket_server(listening: socket.socket) -> type[ThreadedAssociationServer]:
-    """A pynetdicom server class that accepts on ``listening`` (already bound and
-    listening, shared with other processes) instead of binding its own socket."""
+def _handed_over_server(address: tuple[str, int]) -> type[ThreadedAssociationServer]:
+    """A pynetdicom server class that listens on nothing: the associations it serves are
+    connections handed over by the main process (:meth:`process_request`), whose
+    listening address is ``address``."""
 
-    class SharedSocketServer(ThreadedAssociationServer):
+    class HandedOverServer(ThreadedAssociationServer):
         def server_bind(self) -> None:
-            if self.socket is not None:
-                self.socket.close()  # the one TCPServer made; never bound
-            self.socket = listening
-            self.server_address = listening.getsockname()
+            self.server_address = address  # for the associations' acceptor address
 
         def server_activate(self) -> None:
-            pass  # listening already
+            pass  # the main process listens
 
-    return SharedSocketServer
+        def shutdown(self) -> None:
+            # no serve_forever loop to stop (socketserver's shutdown would wait for one)
+            self.server_close()
+            with contextlib.suppress(ValueError):
+                self.ae._servers.remove(self)
+
+    return HandedOverServer
 
 
-def listening_socket(host: str, port: int, backlog: int = 64) -> socket.socket:
-    """A non-blocking listening TCP socket for several accepting processes: whichever is
-    free takes the next association; the others' accept() finds nothing and goes back to
-    waiting (socketserver treats that OSError as "no request")."""
+def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """The listening TCP socket of the main process when associations go to worker
+    processes (it accepts them and hands each over, :mod:`dicomhub.balancer`)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    sock.setblocking(False)
-    sock.set_inheritable(True)
-    return sock
+    return socket.create_server((host, port), family=family, backlog=backlog)
 
 
 class DimseServer:
     """Runs the AE's association server in background threads.
 
-    With ``dimse_workers`` > 1 the main process opens the listening socket and starts
-    ``dimse_workers - 1`` worker processes (``python -m dicomhub.dimse.worker``) that
-    accept on the same socket: associations spread over processes, hence over cores
-    (one Python process runs one core at a time).  ``listen`` is how a worker receives
-    the inherited socket.
+    With ``dimse_workers`` > 1 the main process listens and hands each association to
+    one of ``dimse_workers`` worker processes (``python -m dicomhub.dimse.worker``), the
+    one with the fewest open associations (:mod:`dicomhub.balancer`): associations
+    spread over processes, hence over cores (one Python process runs one core at a
+    time).  ``channel`` is how a worker receives its connections.
     """
 
-    def __init__(self, ctx: Context, listen: socket.socket | None = None) -> None:
+    def __init__(self, ctx: Context, channel: int | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
         self.ae = build_ae(self.settings)
         self.handlers = DimseHandlers(ctx, self.settings.ae_title)
         self._server: Any = None
         self._tls_server: Any = None
-        self._listen = listen
-        self._is_worker = listen is not None
-        self._workers: list[subprocess.Popen[bytes]] = []
-        self._workers_lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._channel = channel
+        self._is_worker = channel is not None
+        self._listen: socket.socket | None = None
+        self._balancer: Balancer | None = None
+        self._receiver: ChannelReceiver | None = None
+        #: set when this worker should stop (its main process has gone)
+        self.stopping = threading.Event()
 
     @property
     def port(self) -> int:
         """The bound port (useful with port 0 in tests)."""
+        if self._listen is not None:
+            return int(self._listen.getsockname()[1])
         return int(self._server.server_address[1])
 
     @property
     def tls_port(self) -> int | None:
         """The bound DICOM TLS port, if TLS is on."""
         return int(self._tls_server.server_address[1]) if self._tls_server else None
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the DIMSE worker processes (none without ``dimse_workers``)."""
+        return self._balancer.pids() if self._balancer is not None else []
 
     def tls_context(self) -> ssl.SSLContext:
         """TLS for DICOM (PS3.15 Annex B.9, BCP 195): TLS 1.2+, client certificates
@@ -174,33 +179,29 @@ class DimseServer:
         receive.install()
         transport.install()
         host = self.settings.dimse_host or self.settings.host
-        spawn = self._listen is None and self.settings.dimse_workers > 1
-        if spawn:
+        if self._channel is not None:
+            self._serve_handed_over(host)
+        elif self.settings.dimse_workers > 1:
             self._listen = listening_socket(host, self.settings.dimse_port)
-        if self._listen is not None:
-            server = self.ae.make_server(
-                self._listen.getsockname()[:2],
-                evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
-                server_class=_shared_socket_server(self._listen),
+            self._balancer = Balancer(
+                self._listen, self._spawn_worker, self.settings.dimse_workers, "DIMSE worker"
             )
-            self.ae._servers.append(server)  # as AE.start_server does (stop() needs it)
-            threading.Thread(target=server.serve_forever, name="DimseAcceptor", daemon=True).start()
-            self._server = server
+            self._balancer.start()
         else:
             self._server = self.ae.start_server(
                 (host, self.settings.dimse_port),
                 block=False,
                 evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
             )
-        log.info(
-            "DIMSE: %s listening on %s:%s (pid %d)",
-            self.settings.ae_title,
-            host,
-            self.port,
-            os.getpid(),
-        )
-        if spawn:
-            self._spawn_workers()
+        if not self._is_worker:
+            log.info(
+                "DIMSE: %s listening on %s:%s (pid %d%s)",
+                self.settings.ae_title,
+                host,
+                self.port,
+                os.getpid(),
+                f", {self.settings.dimse_workers} worker processes" if self._balancer else "",
+            )
         if self.settings.tls_port and not self._is_worker:  # TLS: main process only
             self._tls_server = self.ae.start_server(
                 (host, self.settings.tls_port),
@@ -210,57 +211,54 @@ class DimseServer:
             )
             log.info("DICOM TLS: listening on %s:%s", host, self.tls_port)
 
-    def _spawn_workers(self) -> None:
-        """Start the worker processes on the shared socket, with these very settings, and
-        a thread that restarts any that dies."""
-        for _ in range(self.settings.dimse_workers - 1):
-            self._workers.append(self._spawn_worker())
-        log.info("DIMSE: %d worker processes started", len(self._workers))
-        self._stopping.clear()
-        threading.Thread(target=self._supervise, name="DimseWorkers", daemon=True).start()
+    def _serve_handed_over(self, host: str) -> None:
+        """Worker: serve the connections that come over the channel from the main
+        process, and report each one's end."""
+        assert self._channel is not None
 
-    def _spawn_worker(self) -> subprocess.Popen[bytes]:
-        assert self._listen is not None
-        fd = self._listen.fileno()
+        def take(sock: socket.socket) -> None:
+            sock.setblocking(True)
+            try:
+                peer = sock.getpeername()
+            except OSError:  # the peer left already
+                sock.close()
+                receiver.closed()
+                return
+            # a thread per association, as when the server accepts it itself
+            self._server.process_request(sock, peer)
+
+        receiver = ChannelReceiver(self._channel, take, self.stopping.set)
+        server = self.ae.make_server(
+            (host, self.settings.dimse_port),
+            evt_handlers=[
+                *self.handlers.bindings(),
+                (evt.EVT_CONN_CLOSE, lambda _event: receiver.closed()),
+            ],  # type: ignore[arg-type]
+            server_class=_handed_over_server((host, self.settings.dimse_port)),
+        )
+        self.ae._servers.append(server)  # as AE.start_server does (stop() needs it)
+        self._server = server
+        self._receiver = receiver
+        threading.Thread(
+            target=receiver.run, args=(self.stopping,), name="DimseChannel", daemon=True
+        ).start()
+
+    def _spawn_worker(self, channel: socket.socket) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env[WORKER_SETTINGS_ENV] = self.settings.model_dump_json()
-        command = [sys.executable, "-m", "dicomhub.dimse.worker", "--fd", str(fd)]
-        return subprocess.Popen([*command, "--parent", str(os.getpid())], pass_fds=(fd,), env=env)
-
-    def _supervise(self) -> None:
-        """Restart a worker process that exits while the server runs (a crash, the OOM
-        killer): its associations are lost, the next ones are served.  At most one restart
-        per worker every :data:`WORKER_RESTART_DELAY` seconds, so a worker that cannot
-        start does not spin."""
-        while not self._stopping.wait(1.0):
-            for i, proc in enumerate(list(self._workers)):
-                code = proc.poll()
-                if code is None or self._stopping.is_set():
-                    continue
-                log.warning(
-                    "DIMSE worker process %d exited with status %s; restarting it", proc.pid, code
-                )
-                if self._stopping.wait(WORKER_RESTART_DELAY):
-                    return
-                with self._workers_lock:
-                    if self._stopping.is_set():
-                        return
-                    self._workers[i] = self._spawn_worker()
+        fd = channel.fileno()
+        command = [sys.executable, "-m", "dicomhub.dimse.worker", "--channel", str(fd)]
+        return subprocess.Popen(command, pass_fds=(fd,), env=env)
 
     def stop(self) -> None:
         """Stop accepting and close associations (and stop the worker processes)."""
-        with self._workers_lock:
-            self._stopping.set()
-        for proc in self._workers:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._workers:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        self._workers = []
+        self.stopping.set()
+        if self._balancer is not None:
+            self._balancer.stop()
+            self._balancer = None
+        if self._listen is not None:
+            self._listen.close()
+            self._listen = None
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.shutdown()

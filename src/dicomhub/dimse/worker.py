@@ -1,10 +1,10 @@
-"""A DIMSE worker process: ``python -m dicomhub.dimse.worker --fd N``.
+"""A DIMSE worker process: ``python -m dicomhub.dimse.worker --channel N``.
 
 Started by :class:`dicomhub.dimse.server.DimseServer` when ``dimse_workers`` > 1.  It
 builds its own archive context from the parent's settings (passed as JSON in the
-environment), accepts associations on the inherited listening socket ``N`` and serves
-them exactly as the main process does.  It stops on SIGTERM/SIGINT or when its parent
-goes away.
+environment) and serves the associations the main process hands over on the inherited
+channel ``N`` (:mod:`dicomhub.balancer`) exactly as a single process does.  It stops on
+SIGTERM/SIGINT or when its parent goes away.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 
@@ -23,12 +22,9 @@ from dicomhub.dimse.server import WORKER_SETTINGS_ENV, DimseServer
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve DIMSE on the inherited socket until told to stop."""
+    """Serve the associations handed over on the inherited channel until told to stop."""
     parser = argparse.ArgumentParser(prog="dicomhub.dimse.worker")
-    parser.add_argument("--fd", type=int, required=True, help="inherited listening socket")
-    parser.add_argument(
-        "--parent", type=int, help="pid of the main process (default: the parent at start)"
-    )
+    parser.add_argument("--channel", type=int, required=True, help="inherited channel socket")
     args = parser.parse_args(argv)
     raw = os.environ.get(WORKER_SETTINGS_ENV)
     if not raw:
@@ -39,22 +35,16 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s[dimse-worker]: %(message)s",
     )
-    # the pid comes from the main process itself: read here, after the imports, getppid()
-    # would already name init if the main process died meanwhile
-    parent = args.parent or os.getppid()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    if os.getppid() != parent:
-        logging.getLogger(__name__).warning("the main process %d is gone: not starting", parent)
-        return 0
     ctx = build_context(settings, migrate=False)
-    server = DimseServer(ctx, listen=socket.socket(fileno=args.fd))
+    server = DimseServer(ctx, channel=args.channel)
     server.start()
     freeze_heap()
     try:
-        while not stop.wait(1.0):
-            if os.getppid() != parent:  # the main process is gone
+        while not stop.wait(0.5):
+            if server.stopping.is_set():  # the main process is gone
                 break
     finally:
         server.stop()
