@@ -226,3 +226,43 @@ def test_pynetdicom_logging_handlers_get_a_message(caplog: pytest.LogCaptureFixt
     assert isinstance(req, receive.ReceivedStore)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "C-STORE RQ" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        SOP_INSTANCE,
+        SOP_CLASS,
+        "1.2.3",
+        "0.0",
+        "1" * 64,
+        "1.02.3",  # a component with a leading zero: valid, not conformant (logged)
+        "1.2.3.",  # an empty last component
+        "1" * 65,  # too long: pynetdicom refuses it
+        "1.2.a",  # not digits
+        "",
+        b"1.2.3\x00",
+        None,
+    ],
+)
+def test_set_uid_is_pynetdicoms(value: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """What came in: conformant UIDs (taken as they are), and UIDs pynetdicom warns
+    about or refuses, bytes, '' and None (left to pynetdicom): the same UID, the same
+    ValueError and the same log messages as pynetdicom's own ``set_uid``."""
+    from pynetdicom.utils import set_uid as original
+
+    def run(fn: Any) -> tuple[Any, list[str]]:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="pynetdicom"):
+            try:
+                result: Any = fn(value, "Affected SOP Instance UID")
+            except ValueError as exc:
+                result = ("ValueError", str(exc))
+        return result, [r.getMessage() for r in caplog.records]
+
+    ours, ours_log = run(receive.set_uid)
+    theirs, theirs_log = run(original)
+    assert ours == theirs and type(ours) is type(theirs)
+    assert ours_log == theirs_log
+    receive.install()
+    assert dimse_primitives.set_uid is receive.set_uid  # type: ignore[attr-defined]
