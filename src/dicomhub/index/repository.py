@@ -18,6 +18,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    LargeBinary,
     Select,
     and_,
     bindparam,
@@ -376,7 +377,13 @@ class SqlIndex:
         key = (id(stmt), tuple(first))
         if key not in self._plans:
             compiled = stmt.compile(dialect=conn.dialect, column_keys=list(first))
-            converted = compiled._bind_processors  # what SQLAlchemy would convert
+            # what SQLAlchemy would convert; bytes for a LargeBinary go to the driver as
+            # they are (its conversion only wraps them for the driver)
+            converted = {
+                n
+                for n in compiled._bind_processors
+                if not isinstance(compiled.binds[n].type, LargeBinary)
+            }
             if "POSTCOMPILE" in compiled.string or any(n in converted for n in compiled.binds):
                 plan = None
             else:
