@@ -130,8 +130,14 @@ class Settings(BaseSettings):
         1,
         ge=1,
         le=64,
-        description="Processes accepting DIMSE associations on the DICOM port (one listening "
-        "socket shared; each process serves whole associations).",
+        description="DIMSE worker processes: with more than 1 the main process hands each "
+        "association to the one with the fewest open associations.",
+    )
+    dimse_lean_storage: bool = Field(
+        True,
+        description="Serve associations that only store (storage SOP classes and "
+        "Verification, no extended negotiation) without pynetdicom's association threads "
+        "(dicomhub.dimse.lean); false: pynetdicom serves every association.",
     )
     acse_timeout: float = Field(30, description="Association request/release timeout (s).")
     dimse_timeout: float = Field(60, description="DIMSE message timeout (s).")

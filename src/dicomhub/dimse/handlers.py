@@ -228,11 +228,31 @@ class DimseHandlers:
         """The connection closed (release, abort or network loss): audit the studies
         this association stored more than the first instance of (PS3.15 A.5.3.2)."""
         session = self._sessions.pop(event.assoc, None)
-        if session is None:
-            return
+        if session is not None:
+            self.close_session(event, session)
+
+    def open_session(self, peer: Any) -> _StoreSession:
+        """The C-STORE session of an association served by dicomhub.dimse.lean."""
+        return _StoreSession()
+
+    def close_session(self, peer: Any, session: _StoreSession) -> None:
+        """Audit the studies an association stored more than the first instance of."""
         for study, count in session.stored.items():
             if count > 1:
-                self._audit(event, "store", "C", 0, study=study, instances=count)
+                self._audit(peer, "store", "C", 0, study=study, instances=count)
+
+    def authenticate(self, calling: str, address: str) -> Principal | None:
+        """The registered device calling as ``calling`` from ``address``, audited
+        either way (``None``: the association is to be rejected)."""
+        principal = self.ctx.auth.authenticate_ae(calling, address)
+        self._audit(
+            None, "association", "E", 0 if principal else 4, calling, address, principal=principal
+        )
+        if principal is None:
+            log.info(
+                "rejecting association from %s at %s: not a registered device", calling, address
+            )
+        return principal
 
     def on_requested(self, event: Event) -> None:
         """A-ASSOCIATE-RQ: the calling AE title must be a registered device calling from an
@@ -245,14 +265,8 @@ class DimseHandlers:
             address = assoc.requestor.address
         except ValueError:
             address = ""
-        principal = self.ctx.auth.authenticate_ae(calling, address)
-        self._audit(
-            None, "association", "E", 0 if principal else 4, calling, address, principal=principal
-        )
+        principal = self.authenticate(calling, address)
         if principal is None:
-            log.info(
-                "rejecting association from %s at %s: not a registered device", calling, address
-            )
             assoc.acse.send_reject(0x01, 0x01, 0x03)
             assoc.kill()  # as pynetdicom's own rejections: wait until the A-ASSOCIATE-RJ is out
             return
@@ -273,7 +287,7 @@ class DimseHandlers:
 
     def _audit(
         self,
-        event: Event | None,
+        event: Any,
         name: str,
         action: str,
         outcome: int,
@@ -283,13 +297,15 @@ class DimseHandlers:
         study: str | None = None,
         **detail: Any,
     ) -> None:
-        if event is not None:
+        if isinstance(event, Event):
             principal = self._principals.get(event.assoc)
             calling = str(event.assoc.requestor.ae_title).strip()
             try:
                 address = event.assoc.requestor.address
             except ValueError:
                 address = None
+        elif event is not None:  # an association of dicomhub.dimse.lean
+            principal, calling, address = event.principal, event.calling, event.address
         try:
             self.ctx.audit.record(
                 AuditRecord(
@@ -320,30 +336,53 @@ class DimseHandlers:
         transfer syntax, follow a File Meta Information header built from the command.
         """
         req: Any = event.request
+        fragments = getattr(req, "fragments", None)  # receive.ReceivedStore
+        if fragments is None:
+            fragments = [req.DataSet.getbuffer()]
+        session = self._sessions.setdefault(event.assoc, _StoreSession())
+        status, message = self.store_fragments(
+            session,
+            event,
+            str(req.AffectedSOPClassUID),
+            str(req.AffectedSOPInstanceUID),
+            str(event.context.transfer_syntax),
+            fragments,
+        )
+        return self._status(status, message)
+
+    def store_fragments(
+        self,
+        session: _StoreSession,
+        peer: Any,
+        sop_class: str,
+        sop_instance: str,
+        transfer_syntax: str,
+        fragments: list[Any],
+    ) -> tuple[int, str]:
+        """Store a C-STORE's data set (its fragments as received, in ``transfer_syntax``)
+        for the association ``peer`` (a pynetdicom event, or an association of
+        dicomhub.dimse.lean): the response's Status and Error Comment."""
+        if isinstance(peer, Event):
+            calling = str(peer.assoc.requestor.ae_title)
+            access = self.access(peer)
+        else:
+            calling = peer.calling
+            if peer.principal is None:  # cannot happen: unauthenticated ones are rejected
+                raise Unauthorized("association not authenticated")
+            access = peer.principal.scope
         name = str(self.ctx.store.staging_dir() / f"{uuid.uuid4().hex}.part")
         try:
-            head = part10_header(
-                str(req.AffectedSOPClassUID),
-                str(req.AffectedSOPInstanceUID),
-                str(event.context.transfer_syntax),
-                str(event.assoc.requestor.ae_title),
-            )
-            fragments = getattr(req, "fragments", None)  # receive.ReceivedStore
-            if fragments is not None:
-                size, content, digest = self._stage(name, [head, *fragments])
-            else:
-                with req.DataSet.getbuffer() as body:
-                    size, content, digest = self._stage(name, [head, body])
+            head = part10_header(sop_class, sop_instance, transfer_syntax, calling)
+            size, content, digest = self._stage(name, [head, *fragments])
         except Exception as exc:
             Path(name).unlink(missing_ok=True)
             log.exception("C-STORE: cannot stage the data set")
-            return self._status(0xA700, f"cannot stage: {exc}")
-        session = self._sessions.setdefault(event.assoc, _StoreSession())
+            return 0xA700, f"cannot stage: {exc}"
         outcome = self.ctx.store.store(
             StagedFile(Path(name), size, digest, content),
-            access=self.access(event).for_write(),
-            expected_sop_class_uid=str(req.AffectedSOPClassUID),
-            expected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            access=access.for_write(),
+            expected_sop_class_uid=sop_class,
+            expected_sop_instance_uid=sop_instance,
             owners=session.owners,
         )
         study = outcome.study_instance_uid
@@ -353,25 +392,25 @@ class DimseHandlers:
             session.stored[study] = session.stored.get(study, 0) + 1
         if first:
             # failures one by one; a study's first instance at once (so the event exists
-            # while the association goes on); the others in the count of on_close
+            # while the association goes on); the others in the count at the close
             self._audit(
-                event,
+                peer,
                 "store",
                 "C",
                 8 if outcome.failed else 0,
                 study=study,
-                sop=str(req.AffectedSOPInstanceUID),
+                sop=sop_instance,
                 status=int(outcome.status),
             )
         if outcome.failed or outcome.warnings:
             log.info(
                 "C-STORE %s from %s: 0x%04X %s",
-                req.AffectedSOPInstanceUID,
-                event.assoc.requestor.ae_title,
+                sop_instance,
+                calling,
                 outcome.status,
                 "; ".join([outcome.message, *outcome.warnings]),
             )
-        return self._status(int(outcome.status), outcome.message)
+        return int(outcome.status), outcome.message
 
     def _stage(self, name: str, parts: list[Any]) -> tuple[int, bytes | None, str | Future[str]]:
         """Write the File Meta header and the data set's bytes to the new file ``name``:

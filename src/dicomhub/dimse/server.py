@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
@@ -23,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomhub.balancer import Balancer, ChannelReceiver
 from dicomhub.dimse import command, reactor, receive, transport
 from dicomhub.dimse.handlers import DimseHandlers
+from dicomhub.dimse.lean import LeanAssociation, LeanServer, lean_request
 
 if TYPE_CHECKING:
     from dicomhub.config import Settings
@@ -85,6 +87,41 @@ def build_ae(settings: Settings) -> AE:
         ae.add_supported_context(model, QUERY_TRANSFER_SYNTAXES)
     ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, QUERY_TRANSFER_SYNTAXES)
     return ae
+
+
+#: Abstract syntaxes of the storage SOP classes the AE accepts.
+STORAGE_SOP_CLASSES = frozenset(
+    str(cx.abstract_syntax) for cx in AllStoragePresentationContexts if cx.abstract_syntax
+)
+
+
+def _lean_capable(
+    base: type[ThreadedAssociationServer],
+    handlers: DimseHandlers,
+    on_lean_close: Callable[[], None] | None,
+) -> type[ThreadedAssociationServer]:
+    """``base`` routing each new connection, on a thread of its own, to
+    dicomhub.dimse.lean when its A-ASSOCIATE-RQ asks for storage only, else to
+    pynetdicom (which reads the request itself: it was only peeked at)."""
+
+    class LeanCapableServer(base):  # type: ignore[valid-type, misc]
+        def process_request(self, request: Any, client_address: Any) -> None:
+            threading.Thread(
+                target=self._route, args=(request, client_address), daemon=True
+            ).start()
+
+        def _route(self, request: Any, client_address: Any) -> None:
+            primitive = lean_request(request, self.ae.acse_timeout, STORAGE_SOP_CLASSES)
+            if primitive is None:
+                self.process_request_thread(request, client_address)
+                return
+            LeanServer.serve(
+                LeanAssociation(
+                    request, client_address, primitive, self.ae, handlers, on_lean_close
+                )
+            )
+
+    return LeanCapableServer
 
 
 def _handed_over_server(address: tuple[str, int]) -> type[ThreadedAssociationServer]:
@@ -188,11 +225,17 @@ class DimseServer:
             )
             self._balancer.start()
         else:
-            self._server = self.ae.start_server(
+            server_class: type[ThreadedAssociationServer] = ThreadedAssociationServer
+            if self.settings.dimse_lean_storage:
+                server_class = _lean_capable(server_class, self.handlers, None)
+            server = self.ae.make_server(
                 (host, self.settings.dimse_port),
-                block=False,
                 evt_handlers=self.handlers.bindings(),  # type: ignore[arg-type]
+                server_class=server_class,
             )
+            self.ae._servers.append(server)  # as AE.start_server does (stop() needs it)
+            threading.Thread(target=server.serve_forever, name="DimseAcceptor", daemon=True).start()
+            self._server = server
         if not self._is_worker:
             log.info(
                 "DIMSE: %s listening on %s:%s (pid %d%s)",
@@ -234,7 +277,7 @@ class DimseServer:
                 *self.handlers.bindings(),
                 (evt.EVT_CONN_CLOSE, lambda _event: receiver.closed()),
             ],  # type: ignore[arg-type]
-            server_class=_handed_over_server((host, self.settings.dimse_port)),
+            server_class=self._worker_server_class(host, receiver.closed),
         )
         self.ae._servers.append(server)  # as AE.start_server does (stop() needs it)
         self._server = server
@@ -242,6 +285,14 @@ class DimseServer:
         threading.Thread(
             target=receiver.run, args=(self.stopping,), name="DimseChannel", daemon=True
         ).start()
+
+    def _worker_server_class(
+        self, host: str, closed: Callable[[], None]
+    ) -> type[ThreadedAssociationServer]:
+        cls = _handed_over_server((host, self.settings.dimse_port))
+        if self.settings.dimse_lean_storage:
+            cls = _lean_capable(cls, self.handlers, closed)
+        return cls
 
     def _spawn_worker(self, channel: socket.socket) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
