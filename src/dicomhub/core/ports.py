@@ -116,14 +116,15 @@ class Index(Protocol):
     def add_instances(
         self,
         items: Sequence[IndexedInstance],
-        before_commit: Callable[[], None] | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         """Insert instances (creating studies and series) in one transaction, all or none.
 
-        ``before_commit`` runs inside the transaction, just before it commits; if it
-        raises, nothing is written and its exception propagates (a store waits there for
-        its blobs to be durable).  Raises :class:`DuplicateInstance` if one SOP Instance
-        UID is already indexed.
+        ``before_write`` runs once the rows are prepared, before the transaction takes
+        the database's write lock; if it raises, nothing is written and its exception
+        propagates (a store waits there for its blobs to be durable: never while holding
+        the lock other writers wait for).  Raises :class:`DuplicateInstance` if one SOP
+        Instance UID is already indexed.
         """
         ...
 
@@ -133,10 +134,10 @@ class Index(Protocol):
         staged: StagedFile,
         storage_key: str,
         owner_pk: int,
-        before_commit: Callable[[], None] | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         """Insert one instance (creating its study and series rows) in one transaction
-        (``before_commit`` as in :meth:`add_instances`).
+        (``before_write`` as in :meth:`add_instances`).
 
         Raises :class:`DuplicateInstance` if the SOP Instance UID is already indexed.
         """

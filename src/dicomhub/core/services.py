@@ -539,7 +539,7 @@ class StoreService:
 
         try:
             self.index.add_instance(
-                parsed, staged, key, owner, before_commit=durable if placing else None
+                parsed, staged, key, owner, before_write=durable if placing else None
             )
         except DuplicateInstance:
             _wait_quietly(placing)

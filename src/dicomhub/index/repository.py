@@ -409,10 +409,13 @@ class SqlIndex:
         finally:
             cursor.close()
 
-    def _write_rows(self, conn: Connection, items: Sequence[IndexedInstance]) -> None:
+    def _write_rows(
+        self, conn: Connection, items: Sequence[IndexedInstance], documents: Sequence[bytes]
+    ) -> None:
         """Insert instances with their studies and series: one study/series lookup, one
         multi-row instance insert and one counter update per study and series touched."""
         by_study: dict[tuple[int, str], list[IndexedInstance]] = {}
+        document = {id(item): doc for item, doc in zip(items, documents, strict=True)}
         for item in items:
             key = (item.owner_pk, item.parsed.study_instance_uid)
             by_study.setdefault(key, []).append(item)
@@ -469,7 +472,7 @@ class SqlIndex:
                     original_transfer_syntax_uid=parsed.original_transfer_syntax_uid
                     or parsed.transfer_syntax_uid,
                     original_planar_configuration=parsed.original_planar_configuration,
-                    metadata_json=compress_json(parsed.metadata),
+                    metadata_json=document[id(item)],
                 )
                 rows.append(_clip(instances, values))
                 modality = cols.get("modality")
@@ -496,30 +499,34 @@ class SqlIndex:
         staged: StagedFile,
         storage_key: str,
         owner_pk: int,
-        before_commit: Callable[[], None] | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         """Insert one instance with its study and series, in one transaction."""
-        self.add_instances([IndexedInstance(parsed, staged, storage_key, owner_pk)], before_commit)
+        self.add_instances([IndexedInstance(parsed, staged, storage_key, owner_pk)], before_write)
 
     def add_instances(
         self,
         items: Sequence[IndexedInstance],
-        before_commit: Callable[[], None] | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         """Insert instances (with their studies and series) in one transaction: all or none.
 
-        ``before_commit`` runs last inside the transaction (a store waits there for its
-        blobs to be durable); its exception rolls the transaction back and propagates.
-        Raises :class:`DuplicateInstance` when one of the SOP Instance UIDs is already
-        indexed in its owner's namespace (nothing of the batch is then written).
+        ``before_write`` runs after the stored form of each instance's metadata is
+        prepared and before the transaction begins (a store waits there for its blobs to
+        be durable): SQLite's write lock is never held while a disk flushes, which made
+        every other writer — another association, another worker process — sleep in
+        SQLite's busy handler.  Its exception propagates, nothing written.  Raises
+        :class:`DuplicateInstance` when one of the SOP Instance UIDs is already indexed
+        in its owner's namespace (nothing of the batch is then written).
         """
         if not items:
             return
+        documents = [compress_json(item.parsed.metadata) for item in items]
+        if before_write is not None:
+            before_write()
         try:
             with self.write_engine.begin() as conn:
-                self._write_rows(conn, items)
-                if before_commit is not None:
-                    before_commit()
+                self._write_rows(conn, items, documents)
         except IntegrityError as exc:
             for item in items:
                 if self.find_instance(item.parsed.sop_instance_uid, item.owner_pk) is not None:
@@ -534,13 +541,15 @@ class SqlIndex:
             instances.c.sop_instance_uid == parsed.sop_instance_uid,
             instances.c.owner_pk == owner_pk,
         )
+        document = compress_json(parsed.metadata)
         with self.write_engine.begin() as conn:
             row = conn.execute(self._stored_select().where(where)).first()
             if row is None:
                 raise LookupError(parsed.sop_instance_uid)
             old = _stored(row)
             self._delete_in(conn, where)
-            self._write_rows(conn, [IndexedInstance(parsed, staged, storage_key, owner_pk)])
+            item = IndexedInstance(parsed, staged, storage_key, owner_pk)
+            self._write_rows(conn, [item], [document])
         return old
 
     def record_pixel_digests(self, digests: Sequence[tuple[StoredInstance, str]]) -> None:
