@@ -45,7 +45,7 @@ CLOSED = b"-"
 
 #: delays before starting again a worker that died (seconds), the last one repeating
 RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-#: a worker that served this long before dying is started again without delay
+#: a worker that served this long before dying is started again after the first delay
 STABLE_AFTER = 60.0
 #: connections taken from the listen queue per wake-up at most (then others get a turn)
 ACCEPT_BATCH = 64
@@ -73,6 +73,7 @@ class _Worker:
     failures: int = 0
     restart_at: float | None = None
     handed: int = field(default=0)  # connections given in all
+    exit_note: str = ""  # how the last process ended
 
 
 class Balancer:
@@ -166,6 +167,8 @@ class Balancer:
         except Exception:
             log.exception("%s %d: cannot start", self.name, w.slot)
             ours.close()
+            w.failures += 1
+            w.exit_note = "could not start"
             self._schedule_restart(w)
             return
         finally:
@@ -215,25 +218,27 @@ class Balancer:
         self._update_accepting()
         if self._stopping.is_set():
             return
-        log.warning(
-            "%s %d (pid %s) exited with status %s after %.0f s; starting another",
-            self.name,
-            w.slot,
-            self._pid(w),
-            code,
-            lived,
-        )
+        w.exit_note = f"exited with status {code} after {lived:.0f} s"
         w.failures = 0 if lived >= STABLE_AFTER else w.failures + 1
         self._schedule_restart(w)
 
     def _schedule_restart(self, w: _Worker) -> None:
-        delay = 0.0 if w.failures == 0 else RESTART_DELAYS[min(w.failures, len(RESTART_DELAYS)) - 1]
+        # never at once: when the whole server is being stopped (SIGTERM to its process
+        # group) the workers end first and the request to stop follows within moments
+        delay = RESTART_DELAYS[min(max(w.failures, 1), len(RESTART_DELAYS)) - 1]
         w.restart_at = time.monotonic() + delay
 
     def _restart_due(self) -> None:
         now = time.monotonic()
         for w in self._workers:
             if w.restart_at is not None and w.restart_at <= now and w.channel is None:
+                log.warning(
+                    "%s %d (pid %s) %s; starting another",
+                    self.name,
+                    w.slot,
+                    self._pid(w),
+                    w.exit_note or "could not start",
+                )
                 self._start_worker(w)
 
     def _next_restart_in(self) -> float | None:
