@@ -184,3 +184,27 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     merged.update({k: v for k, v in overrides.items() if v is not None})
     # constructor arguments take precedence over the environment in pydantic-settings
     return Settings(**merged)
+
+
+def worker_start(prog: str, env_var: str, tag: str, argv: list[str] | None) -> tuple[int, Settings]:
+    """What a worker process of ``dicomhub serve`` starts from: the ``--channel`` its
+    main process passed and the main process's settings (JSON in ``env_var``); logging
+    set up with ``tag`` in each line.  Exits with status 2 when started by hand."""
+    import argparse
+    import logging
+    import os
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--channel", type=int, required=True, help="inherited channel socket")
+    args = parser.parse_args(argv)
+    raw = os.environ.get(env_var)
+    if not raw:
+        print(f"{env_var} is not set: started outside dicomhub serve?", file=sys.stderr)
+        raise SystemExit(2)
+    settings = Settings.model_validate_json(raw)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s[{tag}]: %(message)s",
+    )
+    return args.channel, settings

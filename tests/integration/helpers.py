@@ -87,3 +87,42 @@ def served_pixel_digest(ctx: Any, stored: Any) -> str | None:
     again = ctx.index.find_instance(stored.sop_instance_uid, stored.owner_pk)
     assert again is not None and again.pixel_digest == digest, (again, digest)
     return digest  # type: ignore[no-any-return]
+
+
+def child_processes(pid: int, module: str) -> list[int]:
+    """The children of process ``pid`` running ``python -m <module>``, sorted."""
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return sorted(c for c in (int(x) for x in out.stdout.split()) if module in cmdline(c))
+
+
+def cmdline(pid: int) -> str:
+    """The command line of process ``pid`` ('' once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def held_connections(pid: int, port: int) -> int:
+    """Established TCP connections of local port ``port`` that process ``pid`` holds
+    (from /proc: the sockets of the port, and the process's descriptors)."""
+    import os
+
+    served = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            next(fh)
+            for line in fh:
+                f = line.split()
+                if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
+                    served.add(f[9])
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        held += target.startswith("socket:[") and target[8:-1] in served
+    return held

@@ -27,6 +27,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from conftest import SAMPLES, free_port
+from integration.helpers import child_processes, cmdline, held_connections
 
 CT = SAMPLES / "nema-wg04" / "REF" / "CT1_UNC"
 CALLING = "WORKERTEST"
@@ -37,18 +38,6 @@ def _cli(*args: str) -> None:
         [sys.executable, "-m", "dicomhub.cli", *args], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def _serving(proc: subprocess.Popen[bytes], log: Path, n: int) -> None:
@@ -62,27 +51,11 @@ def _serving(proc: subprocess.Popen[bytes], log: Path, n: int) -> None:
 
 
 def _workers(pid: int) -> list[int]:
-    return sorted(c for c in _children(pid) if "dicomhub.dimse.worker" in _cmdline(c))
+    return child_processes(pid, "dicomhub.dimse.worker")
 
 
 def _held(pid: int, port: int) -> int:
-    """Established TCP connections of local port ``port`` that process ``pid`` holds."""
-    served = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as fh:
-            next(fh)
-            for line in fh:
-                f = line.split()
-                if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
-                    served.add(f[9])
-    held = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        held += target.startswith("socket:[") and target[8:-1] in served
-    return held
+    return held_connections(pid, port)
 
 
 @pytest.fixture
@@ -260,9 +233,9 @@ def test_an_open_association_goes_on_while_the_main_process_is_stopped(
     proc.terminate()
     proc.wait(60)  # uvicorn ends by the signal it caught, after its shutdown
     deadline = time.monotonic() + 20
-    while any(_cmdline(w) for w in workers) and time.monotonic() < deadline:
+    while any(cmdline(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_cmdline(w) for w in workers)
+    assert not any(cmdline(w) for w in workers)
 
 
 def test_a_killed_worker_is_restarted(

@@ -27,55 +27,19 @@ import pytest
 from pydicom.uid import generate_uid
 
 from conftest import SAMPLES, free_port
+from integration.helpers import child_processes, held_connections
 
 MR = SAMPLES / "nema-wg04" / "REF" / "MR1_UNC"
 CT = SAMPLES / "nema-wg04" / "REF" / "CT1_UNC"
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def _workers(pid: int) -> list[int]:
-    return sorted(c for c in _children(pid) if "dicomhub.dicomweb.worker" in _cmdline(c))
-
-
-def _established_on(port: int) -> set[str]:
-    """Socket inodes of established TCP connections whose local port is ``port``."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as fh:
-            next(fh)
-            for line in fh:
-                f = line.split()
-                if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
-                    inodes.add(f[9])
-    return inodes
+    return child_processes(pid, "dicomhub.dicomweb.worker")
 
 
 def _connections_per_worker(server_pid: int, port: int) -> dict[int, int]:
     """Established connections of ``port`` held by each worker process."""
-    served = _established_on(port)
-    out = {}
-    for pid in _workers(server_pid):
-        held = 0
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:[") and target[8:-1] in served:
-                held += 1
-        out[pid] = held
-    return out
+    return {pid: held_connections(pid, port) for pid in _workers(server_pid)}
 
 
 class Served:

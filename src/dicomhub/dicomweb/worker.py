@@ -10,11 +10,9 @@ requests in progress) or when the main process goes away.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import sys
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import uvicorn
 
 from dicomhub.balancer import ChannelReceiver
-from dicomhub.config import Settings
+from dicomhub.config import Settings, worker_start
 from dicomhub.context import build_context, freeze_heap
 from dicomhub.dicomweb.app import create_app
 
@@ -102,17 +100,8 @@ async def serve_channel(server: uvicorn.Server, fd: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve DICOMweb on the connections the main process hands over."""
-    parser = argparse.ArgumentParser(prog="dicomhub.dicomweb.worker")
-    parser.add_argument("--channel", type=int, required=True, help="inherited channel socket")
-    args = parser.parse_args(argv)
-    raw = os.environ.get(WORKER_SETTINGS_ENV)
-    if not raw:
-        print(f"{WORKER_SETTINGS_ENV} is not set: started outside dicomhub serve?", file=sys.stderr)
-        return 2
-    settings = Settings.model_validate_json(raw)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[http-worker]: %(message)s",
+    channel, settings = worker_start(
+        "dicomhub.dicomweb.worker", WORKER_SETTINGS_ENV, "http-worker", argv
     )
     app = create_app(build_context(settings, migrate=False))
     config = uvicorn.Config(app, **uvicorn_options(settings))  # type: ignore[arg-type]
@@ -122,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.Runner(loop_factory=config.get_loop_factory()) as runner,
         contextlib.suppress(KeyboardInterrupt),
     ):
-        runner.run(serve_channel(server, args.channel))
+        runner.run(serve_channel(server, channel))
     return 0
 
 
