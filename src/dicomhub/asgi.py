@@ -13,7 +13,9 @@ from dicomhub.dicomweb.app import create_app
 
 
 def create() -> FastAPI:
-    """Build the app from the environment (used by ``dicomhub serve --workers N``)."""
+    """Build the app from the environment, for a process manager of one's own
+    (``dicomhub serve`` does not use it; it also clears staging at start, which this
+    leaves to whoever runs it, before any worker receives)."""
     settings = load_settings()
     app = create_app(build_context(settings, migrate=False))
     freeze_heap()

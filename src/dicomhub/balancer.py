@@ -32,10 +32,11 @@ import selectors
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,26 @@ RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_AFTER = 60.0
 #: connections taken from the listen queue per wake-up at most (then others get a turn)
 ACCEPT_BATCH = 64
+
+
+def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """The main process's listening TCP socket on ``host`` (IPv4 or IPv6) and ``port``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog)
+
+
+def python_worker(
+    module: str, env: dict[str, str]
+) -> Callable[[socket.socket], subprocess.Popen[bytes]]:
+    """A ``spawn`` for :class:`Balancer`: ``python -m <module> --channel <fd>`` in the
+    environment ``env``, the channel's end inherited."""
+
+    def spawn(channel: socket.socket) -> subprocess.Popen[bytes]:
+        fd = channel.fileno()
+        command = [sys.executable, "-m", module, "--channel", str(fd)]
+        return subprocess.Popen(command, pass_fds=(fd,), env=env)
+
+    return spawn
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
@@ -72,7 +93,6 @@ class _Worker:
     started: float = 0.0
     failures: int = 0
     restart_at: float | None = None
-    handed: int = field(default=0)  # connections given in all
     exit_note: str = ""  # how the last process ended
 
 
@@ -81,8 +101,10 @@ class Balancer:
 
     ``spawn(channel)`` starts a worker given its end of the channel (to pass to the
     child, e.g. with ``pass_fds``; the caller's copy is closed by the balancer once the
-    process runs) and returns the process.  :meth:`serve` runs the accept loop on the
-    calling thread until :meth:`stop`; :meth:`start` runs it on a thread of its own.
+    process runs) and returns the process (:func:`python_worker` makes one).
+    :meth:`serve` runs the accept loop on the calling thread until :meth:`stop`;
+    :meth:`start` runs it on a thread of its own.  The workers' state belongs to that
+    loop alone; other threads (and signal handlers) only ask it to stop.
     """
 
     def __init__(
@@ -107,7 +129,6 @@ class Balancer:
         self._thread: threading.Thread | None = None
         self._accepting = False
         self._next = 0  # round robin among equally loaded workers
-        self._lock = threading.Lock()
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +156,7 @@ class Balancer:
         finally:
             self._stop_workers()
             self._selector.close()
+            self._wake_r.close()
 
     def request_stop(self) -> None:
         """Ask the accept loop to stop (safe in a signal handler); :meth:`serve` then
@@ -148,16 +170,6 @@ class Balancer:
         self.request_stop()
         if self._thread is not None:
             self._thread.join()
-
-    def pids(self) -> list[int]:
-        """Process ids of the running workers."""
-        with self._lock:
-            return [w.process.pid for w in self._workers if w.process is not None]
-
-    def load(self) -> list[int]:
-        """Open connections per worker (as the workers last reported)."""
-        with self._lock:
-            return [w.open for w in self._workers]
 
     # -- workers ----------------------------------------------------------------------------
     def _start_worker(self, w: _Worker) -> None:
@@ -174,9 +186,8 @@ class Balancer:
         finally:
             theirs.close()
         ours.setblocking(False)
-        with self._lock:
-            w.channel, w.process, w.ready, w.open = ours, process, False, 0
-            w.started, w.restart_at = time.monotonic(), None
+        w.channel, w.process, w.ready, w.open = ours, process, False, 0
+        w.started, w.restart_at = time.monotonic(), None
         self._selector.register(ours, selectors.EVENT_READ, w)
 
     def _from_worker(self, w: _Worker) -> None:
@@ -191,14 +202,12 @@ class Balancer:
             if not record:
                 self._worker_gone(w)
                 return
-            with self._lock:
-                if record == READY:
-                    w.ready = True
-                elif record == CLOSED:
-                    w.open = max(0, w.open - 1)
             if record == READY:
+                w.ready = True
                 log.info("%s %d (pid %s) serving", self.name, w.slot, self._pid(w))
                 self._update_accepting()
+            elif record == CLOSED:
+                w.open = max(0, w.open - 1)
 
     def _worker_gone(self, w: _Worker) -> None:
         """The channel ended: the worker exited (or closed it); reap it, start another."""
@@ -212,9 +221,8 @@ class Balancer:
             except subprocess.TimeoutExpired:
                 w.process.kill()
                 code = w.process.wait()
-        with self._lock:
-            w.channel, w.ready, w.open = None, False, 0
-            lived = time.monotonic() - w.started
+        w.channel, w.ready, w.open = None, False, 0
+        lived = time.monotonic() - w.started
         self._update_accepting()
         if self._stopping.is_set():
             return
@@ -318,8 +326,7 @@ class Balancer:
         full: set[int] = set()
         deadline = time.monotonic() + patience
         while not self._stopping.is_set():
-            with self._lock:
-                w = self._choose(full)
+            w = self._choose(full)
             if w is None and full and time.monotonic() < deadline:
                 time.sleep(0.01)
                 full.clear()
@@ -333,12 +340,9 @@ class Balancer:
                 full.add(w.slot)
                 continue
             except OSError:  # the worker is gone: its end of the channel will tell us
-                with self._lock:
-                    w.ready = False
+                w.ready = False
                 continue
-            with self._lock:
-                w.open += 1
-                w.handed += 1
+            w.open += 1
             return
 
 

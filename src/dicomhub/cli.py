@@ -40,22 +40,13 @@ def _serve_workers(settings: Settings) -> None:
     process with the fewest open connections (:mod:`dicomhub.balancer`) until SIGTERM or
     SIGINT; then the workers finish their requests and stop."""
     import signal
-    import socket
-    import subprocess
 
-    from dicomhub.balancer import Balancer
+    from dicomhub.balancer import Balancer, listening_socket, python_worker
     from dicomhub.dicomweb.worker import WORKER_SETTINGS_ENV
 
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    listen = socket.create_server((settings.host, settings.http_port), family=family, backlog=2048)
-    env = dict(os.environ)
-    env[WORKER_SETTINGS_ENV] = settings.model_dump_json()
-
-    def spawn(channel: socket.socket) -> subprocess.Popen[bytes]:
-        fd = channel.fileno()
-        command = [sys.executable, "-m", "dicomhub.dicomweb.worker", "--channel", str(fd)]
-        return subprocess.Popen(command, pass_fds=(fd,), env=env)
-
+    listen = listening_socket(settings.host, settings.http_port, backlog=2048)
+    env = {**os.environ, WORKER_SETTINGS_ENV: settings.model_dump_json()}
+    spawn = python_worker("dicomhub.dicomweb.worker", env)
     balancer = Balancer(listen, spawn, settings.workers, name="HTTP worker")
     previous = {
         sig: signal.signal(sig, lambda *_: balancer.request_stop())

@@ -225,26 +225,23 @@ def _ae(node: LiveNode) -> AE:
     return server.ae
 
 
-def test_an_idle_association_is_aborted_after_the_network_timeout(node: LiveNode) -> None:
+def test_an_idle_association_is_aborted_after_the_network_timeout(
+    node: LiveNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An association that sends nothing for longer than ``network_timeout`` (1 s
     here): the archive aborts it."""
-    ae = _ae(node)
-    previous, ae.network_timeout = ae.network_timeout, 1.0
-    try:
-        assoc = _associate(node)
-        deadline = time.monotonic() + 20
-        while not assoc.is_aborted:
-            assert time.monotonic() < deadline, "an idle association was kept"
-            time.sleep(0.1)
-    finally:
-        ae.network_timeout = previous
+    monkeypatch.setattr(_ae(node), "network_timeout", 1.0)
+    assoc = _associate(node)
+    deadline = time.monotonic() + 20
+    while not assoc.is_aborted:
+        assert time.monotonic() < deadline, "an idle association was kept"
+        time.sleep(0.1)
 
 
-def test_the_association_limit_holds(node: LiveNode) -> None:
+def test_the_association_limit_holds(node: LiveNode, monkeypatch: pytest.MonkeyPatch) -> None:
     """``max_associations`` (2 here) counts lean associations: beyond it a request is
     rejected (transient, service provider, local limit exceeded)."""
-    ae = _ae(node)
-    previous, ae.maximum_associations = ae.maximum_associations, 2
+    monkeypatch.setattr(_ae(node), "maximum_associations", 2)
     held: list[Association] = []
     try:
         held = [_associate(node) for _ in range(2)]
@@ -257,7 +254,6 @@ def test_the_association_limit_holds(node: LiveNode) -> None:
     finally:
         for a in held:
             a.release()
-        ae.maximum_associations = previous
 
 
 def test_an_unregistered_calling_ae_is_rejected(node: LiveNode) -> None:
@@ -271,22 +267,23 @@ def test_an_unregistered_calling_ae_is_rejected(node: LiveNode) -> None:
     assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)
 
 
-def test_a_connection_that_sends_nothing_is_closed(node: LiveNode) -> None:
-    """A TCP connection that never sends its A-ASSOCIATE-RQ: closed once the ACSE
-    timeout (1 s here) has passed, and the port goes on serving."""
-    ae = _ae(node)
-    previous, ae.acse_timeout = ae.acse_timeout, 1.0
-    try:
-        with socket.create_connection(("127.0.0.1", node.port), timeout=20) as sock:
-            started = time.monotonic()
-            try:
-                data = sock.recv(100)
-            except ConnectionResetError:
-                data = b""
-            assert time.monotonic() - started < 15
-            assert data == b"" or data[:1] == b"\x07"  # closed, or an A-ABORT first
-    finally:
-        ae.acse_timeout = previous
+@pytest.mark.parametrize("sent", [b"", b"\x01\x00\x00"], ids=["nothing", "3 bytes"])
+def test_a_connection_that_stalls_before_its_request_is_closed(
+    node: LiveNode, monkeypatch: pytest.MonkeyPatch, sent: bytes
+) -> None:
+    """A TCP connection that sends nothing, or only the first 3 bytes of an
+    A-ASSOCIATE-RQ, and then waits: closed once the ACSE timeout (1 s here) has
+    passed, and the port goes on serving."""
+    monkeypatch.setattr(_ae(node), "acse_timeout", 1.0)
+    with socket.create_connection(("127.0.0.1", node.port), timeout=20) as sock:
+        sock.sendall(sent)
+        started = time.monotonic()
+        try:
+            data = sock.recv(100)
+        except ConnectionResetError:
+            data = b""
+        assert time.monotonic() - started < 15
+        assert data == b"" or data[:1] == b"\x07"  # closed, or an A-ABORT first
     assoc = _associate(node)
     assert assoc.send_c_echo().Status == 0
     assoc.release()

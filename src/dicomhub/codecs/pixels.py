@@ -124,7 +124,10 @@ class PydicomPixelCodec:
     def stored_pixel_digest(self, path: Path, sha256: str) -> str | None:
         """The pixel digest of a stored object, once its bytes are checked to be those
         received (their SHA-256 is ``sha256``); ``None`` when they are not (logged) or
-        it has no decodable pixel data."""
+        it has no decodable pixel data (found without reading the whole file)."""
+        digest = self.pixel_digest(path)[0]
+        if digest is None:
+            return None
         h = hashlib.sha256()
         with path.open("rb") as fh:
             while chunk := fh.read(1 << 20):
@@ -138,7 +141,7 @@ class PydicomPixelCodec:
                 sha256,
             )
             return None
-        return self.pixel_digest(path)[0]
+        return digest
 
     def transcode(
         self,

@@ -30,6 +30,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,9 @@ C_ECHO_RSP = 0x8030
 C_STORE_RQ = 0x0001
 #: An A-ASSOCIATE-RQ larger than this is left to pynetdicom (ours are ~1 KB).
 MAX_REQUEST = 256 * 1024
+#: A P-DATA-TF is refused beyond this even when ``max_pdu`` is 0 (no limit announced):
+#: its buffer is allocated before its bytes arrive.
+MAX_P_DATA = 64 << 20
 _PDU_HEADER = struct.Struct(">BxI")
 _PDV_HEADER = struct.Struct(">IBB")
 #: Plain user information sub-items (PS3.7 D.3.3.1, D.3.3.2): anything else means a
@@ -102,31 +106,42 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray:
     return buf
 
 
+class NoRequest(Exception):
+    """No whole A-ASSOCIATE-RQ arrived within the ACSE timeout (ARTIM, PS3.8 §9.1.5):
+    the connection is to be closed."""
+
+
+def _peek(sock: socket.socket, n: int, deadline: float) -> bytes:
+    """The first ``n`` bytes waiting on ``sock``, left there (``MSG_PEEK``); raises
+    :class:`NoRequest` when the peer closes or has not sent them all by ``deadline``
+    (a peer that sends a few bytes and stops cannot hold the thread longer)."""
+    while True:
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            data = sock.recv(n, socket.MSG_PEEK)
+        except OSError as exc:  # the timeout, or a reset
+            raise NoRequest(str(exc) or "timed out") from exc
+        if not data:
+            raise NoRequest("the peer closed the connection")
+        if len(data) >= n:
+            return data
+        if time.monotonic() >= deadline:
+            raise NoRequest(f"{len(data)} of {n} bytes of the A-ASSOCIATE-RQ arrived")
+        time.sleep(0.001)  # the rest is on its way: recv would return the same at once
+
+
 def lean_request(sock: socket.socket, timeout: float, storage: frozenset[str]) -> Any | None:
     """The A-ASSOCIATE-RQ primitive waiting on ``sock`` (peeked, not read) when this
-    module serves such an association (see the module documentation), else ``None``."""
+    module serves such an association (see the module documentation), else ``None``
+    (pynetdicom serves it).  Raises :class:`NoRequest` when no whole request arrives
+    within ``timeout`` (the ACSE timeout)."""
     previous = sock.gettimeout()
-    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     try:
-        head = b""
-        while len(head) < 6:
-            head = sock.recv(6, socket.MSG_PEEK)
-            if not head:
-                return None
-            if len(head) < 6:
-                threading.Event().wait(0.001)
-        pdu_type, length = _PDU_HEADER.unpack(head)
+        pdu_type, length = _PDU_HEADER.unpack(_peek(sock, 6, deadline))
         if pdu_type != A_ASSOCIATE_RQ_TYPE or length > MAX_REQUEST:
             return None
-        data = b""
-        while len(data) < 6 + length:
-            data = sock.recv(6 + length, socket.MSG_PEEK)
-            if not data:
-                return None
-            if len(data) < 6 + length:
-                threading.Event().wait(0.001)
-    except (OSError, ValueError):  # timeout or reset: pynetdicom reports it
-        return None
+        data = _peek(sock, 6 + length, deadline)
     finally:
         with contextlib.suppress(OSError):
             sock.settimeout(previous)
@@ -304,7 +319,7 @@ class LeanAssociation:
                 raise _Closed("the peer aborted the association")
             if pdu_type != P_DATA_TF:
                 raise _Abort(0x02, f"unexpected PDU type 0x{pdu_type:02X}")
-            if (limit and length > limit + 6) or length > 1 << 30:
+            if (limit and length > limit + 6) or length > MAX_P_DATA:
                 raise _Abort(0x06, f"a P-DATA-TF of {length} bytes (at most {limit} agreed)")
             body = memoryview(_recv_exact(self.sock, length))
             pos = 0

@@ -12,8 +12,6 @@ import logging
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomhub.balancer import Balancer, ChannelReceiver
+from dicomhub.balancer import Balancer, ChannelReceiver, listening_socket, python_worker
 from dicomhub.dimse import command, reactor, receive, transport
 from dicomhub.dimse.handlers import DimseHandlers
-from dicomhub.dimse.lean import LeanAssociation, LeanServer, lean_request
+from dicomhub.dimse.lean import LeanAssociation, LeanServer, NoRequest, lean_request
 
 if TYPE_CHECKING:
     from dicomhub.config import Settings
@@ -111,7 +109,15 @@ def _lean_capable(
             ).start()
 
         def _route(self, request: Any, client_address: Any) -> None:
-            primitive = lean_request(request, self.ae.acse_timeout, STORAGE_SOP_CLASSES)
+            try:
+                primitive = lean_request(request, self.ae.acse_timeout, STORAGE_SOP_CLASSES)
+            except NoRequest as exc:
+                log.info("connection from %s closed: %s", client_address[0], exc)
+                with contextlib.suppress(OSError):
+                    request.close()
+                if on_lean_close is not None:
+                    on_lean_close()
+                return
             if primitive is None:
                 self.process_request_thread(request, client_address)
                 return
@@ -145,13 +151,6 @@ def _handed_over_server(address: tuple[str, int]) -> type[ThreadedAssociationSer
     return HandedOverServer
 
 
-def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """The listening TCP socket of the main process when associations go to worker
-    processes (it accepts them and hands each over, :mod:`dicomhub.balancer`)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=backlog)
-
-
 class DimseServer:
     """Runs the AE's association server in background threads.
 
@@ -173,7 +172,6 @@ class DimseServer:
         self._is_worker = channel is not None
         self._listen: socket.socket | None = None
         self._balancer: Balancer | None = None
-        self._receiver: ChannelReceiver | None = None
         #: set when this worker should stop (its main process has gone)
         self.stopping = threading.Event()
 
@@ -188,10 +186,6 @@ class DimseServer:
     def tls_port(self) -> int | None:
         """The bound DICOM TLS port, if TLS is on."""
         return int(self._tls_server.server_address[1]) if self._tls_server else None
-
-    def worker_pids(self) -> list[int]:
-        """Process ids of the DIMSE worker processes (none without ``dimse_workers``)."""
-        return self._balancer.pids() if self._balancer is not None else []
 
     def tls_context(self) -> ssl.SSLContext:
         """TLS for DICOM (PS3.15 Annex B.9, BCP 195): TLS 1.2+, client certificates
@@ -219,9 +213,13 @@ class DimseServer:
         if self._channel is not None:
             self._serve_handed_over(host)
         elif self.settings.dimse_workers > 1:
-            self._listen = listening_socket(host, self.settings.dimse_port)
+            self._listen = listening_socket(host, self.settings.dimse_port, backlog=128)
+            env = {**os.environ, WORKER_SETTINGS_ENV: self.settings.model_dump_json()}
             self._balancer = Balancer(
-                self._listen, self._spawn_worker, self.settings.dimse_workers, "DIMSE worker"
+                self._listen,
+                python_worker("dicomhub.dimse.worker", env),
+                self.settings.dimse_workers,
+                "DIMSE worker",
             )
             self._balancer.start()
         else:
@@ -281,7 +279,6 @@ class DimseServer:
         )
         self.ae._servers.append(server)  # as AE.start_server does (stop() needs it)
         self._server = server
-        self._receiver = receiver
         threading.Thread(
             target=receiver.run, args=(self.stopping,), name="DimseChannel", daemon=True
         ).start()
@@ -293,13 +290,6 @@ class DimseServer:
         if self.settings.dimse_lean_storage:
             cls = _lean_capable(cls, self.handlers, closed)
         return cls
-
-    def _spawn_worker(self, channel: socket.socket) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
-        env[WORKER_SETTINGS_ENV] = self.settings.model_dump_json()
-        fd = channel.fileno()
-        command = [sys.executable, "-m", "dicomhub.dimse.worker", "--channel", str(fd)]
-        return subprocess.Popen(command, pass_fds=(fd,), env=env)
 
     def stop(self) -> None:
         """Stop accepting and close associations (and stop the worker processes)."""
