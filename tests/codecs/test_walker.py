@@ -50,6 +50,13 @@ def _fast(content: bytes) -> object:
         return (exc.status, str(exc))
 
 
+def _fast_head(head: bytes, size: int) -> object:
+    try:
+        return DicomFileReader().read(Path("/nonexistent/never-opened"), head=head, size=size)
+    except StoreFailure as exc:
+        return (exc.status, str(exc))
+
+
 def _walks(content: bytes) -> bool:
     try:
         walker.walk(content, 1024)
@@ -231,3 +238,73 @@ def test_repeated_element_goes_to_pydicom() -> None:
     doubled = content + extra
     assert not _walks(doubled)
     assert _fast(doubled) == _general(doubled)
+
+
+def _walked(buf: bytes, size: int | None = None) -> object:
+    try:
+        return walker.walk(buf, 1024, size)
+    except Exception as exc:  # Fallback, or a value it cannot convert: the general path
+        return exc
+
+
+def test_first_bytes_walk_as_the_whole_or_say_they_are_short() -> None:
+    """What came in: every sample's first 1, 2, 4, 16 and 64 KiB (and cuts just before,
+    at and after its Pixel Data header), given with the whole object's size, as STOW-RS
+    hands the ingest reader a part's first bytes.  The walk gives exactly what walking
+    the whole object gives, or raises Short (the file is then read back); never a
+    different result, never a silent truncation.  Most images walk from their first
+    64 KiB (not encapsulated ones: their fragments are walked to the end); the reader,
+    given them, reads what walking the whole gives."""
+    from_head = 0
+    images = 0
+    for path in FILES:
+        content = path.read_bytes()
+        whole = _walked(content)
+        cuts = {1 << 10, 2 << 10, 4 << 10, 16 << 10, 64 << 10}
+        if isinstance(whole, walker.Walked) and whole.pixel is not None:
+            images += 1
+            cuts |= {whole.pixel[1] - 9, whole.pixel[1] - 1, whole.pixel[1], whole.pixel[1] + 1}
+        for cut in sorted(c for c in cuts if 0 < c < len(content)):
+            got = _walked(content[:cut], len(content))
+            if isinstance(got, walker.Short):
+                continue
+            if isinstance(whole, walker.Walked):
+                assert got == whole, (path, cut)
+                from_head += cut == 64 << 10
+            else:  # the whole object needs the general path: so does its head
+                assert isinstance(got, Exception), (path, cut, whole)
+        head = content[: 64 << 10]
+        if isinstance(whole, walker.Walked) and isinstance(
+            _walked(head, len(content)), walker.Walked
+        ):  # the reader too: no file is opened
+            assert _fast_head(head, len(content)) == _fast(content), path
+    assert images > 300
+    assert from_head > 50, from_head  # native images over 64 KiB (encapsulated: Short)
+
+
+def test_first_bytes_short_of_a_value_after_pixel_data() -> None:
+    """What came in: an image whose Pixel Data is followed by another element (a Data
+    Set Trailing Padding, PS3.5 §7.5); its first bytes up to the Pixel Data value do not
+    show what follows, so the walk says Short instead of accepting it."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = uid = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = bytes(64 * 64)
+    ds.add_new(0xFFFCFFFC, "OB", b"\x00" * 16)
+    fp = io.BytesIO()
+    ds.save_as(fp, enforce_file_format=True)
+    content = fp.getvalue()
+    whole = _walked(content)
+    assert isinstance(whole, walker.Walked) and whole.pixel is not None
+    head = content[: whole.pixel[1]]
+    assert isinstance(_walked(head, len(content)), walker.Short)
+    # cut right after Pixel Data: the trailing element's header is not there either
+    assert isinstance(_walked(content[: whole.pixel[1] + 64 * 64 + 4], len(content)), walker.Short)
+    assert _walked(content[: whole.pixel[1] + 64 * 64 + 12], len(content)) == whole

@@ -117,3 +117,29 @@ def test_random_chunking_with_delimiter_prefixes_everywhere() -> None:
         parser.close()
         assert got == payloads
     assert views > 0
+
+
+def test_part_bodies_are_views_of_the_chunks_fed() -> None:
+    """What came in: a body of two 200 kB parts fed in chunks of 64 KiB.  Every data
+    payload of more than a delimiter's length is a view of a chunk that was fed (its
+    bytes are not copied) and the parts come back whole."""
+    boundary = "dicomhub-views"
+    payloads = [bytes(range(256)) * 800, b"\r\n--dicomhub-view" * 10_000]
+    data = body(boundary, payloads)
+    chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    parser = MultipartParser(boundary)
+    got: list[bytes] = []
+    views = 0
+    for c in chunks:
+        for event, payload in parser.feed(c):
+            if event == START:
+                got.append(b"")
+            elif event == DATA:
+                assert isinstance(payload, (bytes, memoryview))
+                if len(payload) > len(parser.delimiter):
+                    assert isinstance(payload, memoryview) and payload.obj is c
+                    views += 1
+                got[-1] += bytes(payload)
+    parser.close()
+    assert got == payloads
+    assert views >= len(chunks) - 1

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from dicomhub.core.errors import InsufficientStorage
+from dicomhub.dicomweb import stow
+from dicomhub.dicomweb.multipart import closing, part_header
 from dicomhub.dicomweb.stow import WRITE_AHEAD, _Part, _Writer
 
 DICOM = "application/dicom"
@@ -53,7 +55,7 @@ def test_parts_are_written_and_hashed_in_order(tmp_path: Path) -> None:
 
         parts = asyncio.run(main())
     for part, body in zip(parts, bodies, strict=True):
-        assert part.path is not None and part.path.read_bytes() == body
+        assert part.path is not None and Path(part.path).read_bytes() == body
         assert part.size == len(body)
         assert part.hasher.hexdigest() == hashlib.sha256(body).hexdigest()
         assert part.fd is None  # closed
@@ -191,5 +193,51 @@ def test_jobs_still_run_when_the_pool_has_stopped(tmp_path: Path) -> None:
         return kept, dropped
 
     kept, dropped = asyncio.run(main())
-    assert kept.path is not None and kept.path.read_bytes() == b"kept"
-    assert dropped.path is not None and not dropped.path.exists()
+    assert kept.path is not None and Path(kept.path).read_bytes() == b"kept"
+    assert dropped.path is not None and not Path(dropped.path).exists()
+
+
+class _Body:
+    """What ``_receive`` reads of a request: its headers and its body in chunks."""
+
+    def __init__(self, parts: list[bytes], chunk: int) -> None:
+        boundary = "test-boundary-0123"
+        data = b"".join(part_header(boundary, DICOM) + p + b"\r\n" for p in parts)
+        data += closing(boundary)
+        self.headers = {"content-type": f"multipart/related; boundary={boundary}"}
+        self._chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+
+    async def stream(self):  # type: ignore[no-untyped-def]
+        for c in self._chunks:
+            yield c
+
+
+@pytest.mark.parametrize("chunk", [100, 4099, 256_000])
+def test_received_parts_keep_their_first_bytes_within_a_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """What came in: a body of 12 parts (40 KiB, 1 byte, 0 bytes, 100 KiB, ...) in
+    chunks of 100 B, 4 KiB and 250 kB.  Each part keeps its first HEAD_BYTES for the
+    ingest reader (the whole part when smaller), exactly its bytes, and a request keeps
+    at most HEAD_BUDGET of them: the parts after that keep none (read back from their
+    files), while every staged file holds its whole part."""
+    monkeypatch.setattr(stow, "HEAD_BUDGET", 5 * stow.HEAD_BYTES // 2)
+    bodies = [os.urandom(n) for n in (40_000, 1, 0, 100_000, 5_000, 70_000)] * 2
+    with ThreadPoolExecutor(2) as pool:
+
+        async def main() -> list[_Part]:
+            return await stow._receive(_Body(bodies, chunk), tmp_path, 1 << 30, pool)  # type: ignore[arg-type]
+
+        parts = asyncio.run(main())
+    assert [Path(p.path).read_bytes() for p in parts if p.path] == bodies
+    heads = [p.head or b"" for p in parts]
+    kept = 0
+    for head, body in zip(heads, bodies, strict=True):
+        assert body.startswith(head)
+        assert len(head) <= stow.HEAD_BYTES
+        kept += len(head)
+    assert kept <= stow.HEAD_BUDGET
+    # the first parts get their whole room (a part's unused room goes back to the budget)
+    assert heads[0] == bodies[0][: stow.HEAD_BYTES] and heads[1] == bodies[1]
+    assert heads[3] == bodies[3][: stow.HEAD_BYTES]
+    assert not heads[-1]  # the budget is spent by then

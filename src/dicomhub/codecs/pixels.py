@@ -113,12 +113,17 @@ class PydicomPixelCodec:
         return result
 
     def deferred_digest_planar(
-        self, path: Path, parsed: ParsedInstance, content: bytes | None = None
+        self,
+        path: Path,
+        parsed: ParsedInstance,
+        content: bytes | None = None,
+        head: tuple[bytes, int] | None = None,
     ) -> int | None:
         """The stored Planar Configuration when the pixel digest of this object is the
         SHA-256 of its Pixel Data bytes as stored (native little endian, canonical
-        layout), so that it can be computed later from the stored file; else ``None``."""
-        layout = transcode.native_layout_from_parsed(path, parsed, content)
+        layout), so that it can be computed later from the stored file; else ``None``.
+        ``head``: the file's first bytes and its size, when the caller kept them."""
+        layout = transcode.native_layout_from_parsed(path, parsed, content, head)
         return None if layout is None else layout[2]
 
     def stored_pixel_digest(self, path: Path, sha256: str) -> str | None:

@@ -30,7 +30,7 @@ from pydicom.uid import UID
 
 from dicomhub.codecs import dicomjson_fast, walker
 from dicomhub.codecs.walker import LONG_VRS, PIXEL_TAGS, UNDEFINED_LENGTH
-from dicomhub.core.attributes import ATTRIBUTES
+from dicomhub.core.attributes import ATTRIBUTES, Attribute
 from dicomhub.core.errors import StoreFailure
 from dicomhub.core.model import BULK_BASE, ParsedInstance, Status
 
@@ -222,10 +222,19 @@ def _json_text(value: Any) -> str:
     return str(value)
 
 
-def _json_str(metadata: dict[str, Any], path: str) -> str | None:
-    """The value at ``path`` in DICOM JSON as the index stores it: text, multiple values
-    joined with backslashes, the first item of a sequence; None when absent or empty."""
-    keys = _json_path(path)
+def _json_str(metadata: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """The value at ``keys`` (:func:`_json_path`) in DICOM JSON as the index stores it:
+    text, multiple values joined with backslashes, the first item of a sequence; None
+    when absent or empty."""
+    if len(keys) == 1:  # a top-level element: most are absent, or one text value
+        elem = metadata.get(keys[0])
+        if not elem:
+            return None
+        values = elem.get("Value")
+        if not values:
+            return None
+        if len(values) == 1 and type(values[0]) is str:
+            return values[0] or None
     node: Any = metadata
     for i, key in enumerate(keys):
         elem = node.get(key) if isinstance(node, dict) else None
@@ -240,6 +249,14 @@ def _json_str(metadata: dict[str, Any], path: str) -> str | None:
         text = "\\".join(_json_text(v) for v in values)
         return text or None
     return None
+
+
+#: The index columns the reader fills, with their JSON keys (looked up once).
+_INDEXED: list[tuple[Attribute, tuple[str, ...]]] = [
+    (a, _json_path(a.path))
+    for a in ATTRIBUTES
+    if not a.computed and a.column != "transfer_syntax_uid"
+]
 
 
 _UID_TAGS = {
@@ -281,12 +298,30 @@ class DicomFileReader:
     def __init__(self, bulk_data_threshold: int = 1024) -> None:
         self.bulk_data_threshold = bulk_data_threshold
 
-    def read(self, path: Path, content: bytes | None = None) -> ParsedInstance:
+    def read(
+        self,
+        path: Path,
+        content: bytes | None = None,
+        head: bytes | None = None,
+        size: int | None = None,
+    ) -> ParsedInstance:
         """Parse and validate one received object (PS3.10 §7.1 File Meta Information):
         the file at ``path``, or its bytes ``content`` when the caller holds them.
+        ``head``: the file's first bytes, when the caller kept them (``size``: the
+        file's size): enough for an object whose last element is its bulk Pixel Data,
+        which then is not read back.
 
         One walk of the bytes (:mod:`dicomhub.codecs.walker`) where it can; pydicom
         otherwise, with the same result."""
+        if head is not None and content is None:
+            if size is None:
+                size = os.stat(path).st_size
+            if len(head) >= size:
+                content = head[:size]
+            else:
+                parsed = self._walked(head, size)
+                if parsed is not None:
+                    return parsed
         if content is not None:
             parsed = self._walked(content)
             if parsed is not None:
@@ -305,12 +340,13 @@ class DicomFileReader:
             fp.seek(0)
             return self._read(fp, size)
 
-    def _walked(self, buf: Any) -> ParsedInstance | None:
-        """The instance from one walk of ``buf``, or None when pydicom must read it."""
+    def _walked(self, buf: Any, size: int | None = None) -> ParsedInstance | None:
+        """The instance from one walk of ``buf`` (the first bytes of an object of
+        ``size`` bytes, if given), or None when pydicom, or the whole file, must be read."""
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                walked = walker.walk(buf, self.bulk_data_threshold)
+                walked = walker.walk(buf, self.bulk_data_threshold, size)
                 return self._parse_walked(walked)
         except StoreFailure:
             raise
@@ -423,10 +459,8 @@ def _instance(
         log.info("%s: MediaStorageSOPInstanceUID differs", uids["SOPInstanceUID"])
     base = _bulk_base(uids)
     columns: dict[str, Any] = {}
-    for attr in ATTRIBUTES:
-        if attr.computed or attr.column in ("transfer_syntax_uid",):
-            continue
-        value = _json_str(metadata, attr.path)
+    for attr, keys in _INDEXED:
+        value = _json_str(metadata, keys)
         if value is None:
             columns[attr.column] = None
             continue

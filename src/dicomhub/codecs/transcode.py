@@ -213,13 +213,17 @@ def pixel_digest_and_planar(path: Path) -> tuple[str | None, int | None]:
 
 
 def native_layout_from_parsed(
-    path: Path, parsed: Any, content: bytes | None = None
+    path: Path,
+    parsed: Any,
+    content: bytes | None = None,
+    head: tuple[bytes, int] | None = None,
 ) -> tuple[int, int, int] | None:
     """(value offset, length, Planar Configuration) of native little-endian Pixel Data
     whose pixel digest is the SHA-256 of those bytes as stored (frames back to back in
     canonical form), from what the ingest reader found (its DICOM JSON and the value
     offset) and the value length in the file (``content``: the file's bytes, if at
-    hand); ``None`` when that shortcut does not apply (the general path then decides)."""
+    hand, or ``head``: its first bytes and its size); ``None`` when that shortcut does
+    not apply (the general path then decides)."""
     meta = parsed.metadata
     offset = parsed.pixel_data_offset
     if (
@@ -251,6 +255,9 @@ def native_layout_from_parsed(
     if content is not None:
         length = int.from_bytes(content[offset - 4 : offset], "little")
         size = len(content)
+    elif head is not None and offset <= len(head[0]):
+        length = int.from_bytes(head[0][offset - 4 : offset], "little")
+        size = head[1]
     else:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:

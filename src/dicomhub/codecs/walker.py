@@ -53,6 +53,15 @@ class Fallback(Exception):
     """The object needs the general (pydicom) path; the message says why."""
 
 
+class Short(Fallback):
+    """The walk needs bytes past the end of the first bytes it was given (:func:`walk`
+    with ``size``): the whole object must be walked instead."""
+
+
+#: fewer first bytes than this are not walked on their own
+_MIN_HEAD = 1024
+
+
 @dataclass
 class Walked:
     """What one walk found.  ``metadata`` holds BulkDataURIs relative to the instance's
@@ -97,13 +106,30 @@ def _walkable(tsuid: str) -> bool:
     return known
 
 
-def walk(buf: Any, threshold: int) -> Walked:
+def walk(buf: Any, threshold: int, size: int | None = None) -> Walked:
     """Walk the Part 10 object in ``buf`` (bytes or an mmap of the file).
 
     Binary values longer than ``threshold`` bytes become BulkDataURIs (relative until
     :meth:`Walked.resolve`).  Raises :class:`Fallback` when the general path must read it.
+
+    ``size``: ``buf`` holds only the first bytes of an object of ``size`` bytes (as a
+    STOW-RS part's first chunk).  The walk is then the same as on the whole object as
+    long as every byte it reads is in ``buf``; a bulk value (over ``threshold``) is not
+    read, only its length checked, so Pixel Data that ends the object is never needed.
+    It raises :class:`Short` as soon as it would read past ``buf``.
     """
-    end = len(buf)
+    end = len(buf) if size is None else size
+    if end > len(buf):
+        try:
+            return _walk(buf, threshold, end)
+        except struct.error:  # an element header past the first bytes
+            raise Short("element header past the first bytes") from None
+    return _walk(buf, threshold, end)
+
+
+def _walk(buf: Any, threshold: int, end: int) -> Walked:
+    if end > len(buf) < _MIN_HEAD:
+        raise Short("too few first bytes")
     if end < 144 or buf[128:132] != b"DICM":
         raise Fallback("no DICM prefix")
     # File Meta Information (PS3.10 §7.1): group 0002, Explicit VR Little Endian, and the
@@ -114,6 +140,8 @@ def walk(buf: Any, threshold: int) -> Walked:
     start = 144 + _U32.unpack_from(buf, 140)[0]
     if start > end:
         raise Fallback("File Meta Information group length runs past the end")
+    if start > len(buf):
+        raise Short("File Meta Information past the first bytes")
     pos = 144
     tsuid = media_sop = ""
     while pos < start:
@@ -167,6 +195,8 @@ def _dataset(
     out: dict[str, Any] = {}
     while pos < end:
         if pos + 8 > end:
+            if end > len(buf):
+                raise Short("trailing bytes past the first bytes")
             if depth == 0 and not buf[pos:end].strip(b"\x00"):
                 break  # trailing NUL padding, as the general path allows
             raise Fallback(f"element header cut at byte {pos}")
@@ -197,6 +227,8 @@ def _dataset(
         stop = pos + length
         if stop > end:
             raise Fallback(f"element {key} runs past the end")
+        if stop > len(buf) and (length <= threshold or vr not in _BINARY):
+            raise Short(f"element {key} past the first bytes")
         if vr in _BINARY:
             if length > threshold:
                 element: dict[str, Any] = {"vr": vr, "BulkDataURI": ""}
@@ -300,6 +332,8 @@ def _walk_rest(buf: Any, pos: int, end: int) -> tuple[int, int] | None:
         if pos == end:
             return pixel
         if pos + 8 > end:
+            if end > len(buf):
+                raise Short("trailing bytes past the first bytes")
             if not buf[pos:end].strip(b"\x00"):
                 return pixel
             raise Fallback(f"element header cut at byte {pos}")

@@ -32,13 +32,17 @@ class StagedFile:
     ``digest`` is the SHA-256 of the file, or a future of it when the edge hashes on
     another thread while the object is parsed (:attr:`sha256` waits for it).
     ``content``, when the edge still holds them, are the file's bytes: the reader and the
-    pixel digest then work from memory instead of reading the file back.
+    pixel digest then work from memory instead of reading the file back.  ``head``, when
+    the edge kept them, are the file's first bytes (a STOW-RS part's): the reader walks
+    them and reads the file back only when the data set does not end within them
+    before a bulk value (its Pixel Data).
     """
 
     path: Path
     size: int
     digest: str | Future[str]
     content: bytes | None = None
+    head: bytes | None = None
 
     @property
     def sha256(self) -> str:

@@ -81,9 +81,16 @@ class BlobStore(Protocol):
 class InstanceReader(Protocol):
     """Parses and validates a received Part 10 file (PS3.10 §7)."""
 
-    def read(self, path: Path, content: bytes | None = None) -> ParsedInstance:
+    def read(
+        self,
+        path: Path,
+        content: bytes | None = None,
+        head: bytes | None = None,
+        size: int | None = None,
+    ) -> ParsedInstance:
         """Parse the file at ``path`` (or its bytes ``content``, when the caller holds
-        them); raise :class:`~dicomhub.core.errors.StoreFailure` with the reason if
+        them; or its first bytes ``head`` of ``size``, read back only when they do not
+        suffice); raise :class:`~dicomhub.core.errors.StoreFailure` with the reason if
         invalid."""
         ...
 
@@ -258,10 +265,15 @@ class PixelCodec(Protocol):
         ...
 
     def deferred_digest_planar(
-        self, path: Path, parsed: ParsedInstance, content: bytes | None = None
+        self,
+        path: Path,
+        parsed: ParsedInstance,
+        content: bytes | None = None,
+        head: tuple[bytes, int] | None = None,
     ) -> int | None:
         """The stored Planar Configuration when the pixel digest is a hash of the stored
-        Pixel Data bytes (computable later from the stored file), else ``None``."""
+        Pixel Data bytes (computable later from the stored file), else ``None``
+        (``head``: the file's first bytes and its size, when the caller kept them)."""
         ...
 
     def stored_pixel_digest(self, path: Path, sha256: str) -> str | None:

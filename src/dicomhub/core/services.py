@@ -353,7 +353,7 @@ class StoreService:
     ) -> StoreOutcome | tuple[ParsedInstance, StagedFile, StoreOutcome]:
         """Parse and check one object, record its pixel digest and apply the ingest
         policy: a failed outcome, or what to store (``staged`` may be a transcoded copy)."""
-        parsed = self.reader.read(staged.path, staged.content)
+        parsed = self.reader.read(staged.path, staged.content, staged.head, staged.size)
         outcome = StoreOutcome(
             status=Status.SUCCESS,
             sop_class_uid=parsed.sop_class_uid,
@@ -383,7 +383,12 @@ class StoreService:
             if parsed.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN and not self._should_transcode(
                 parsed.transfer_syntax_uid
             ):
-                planar = self.pixels.deferred_digest_planar(staged.path, parsed, staged.content)
+                planar = self.pixels.deferred_digest_planar(
+                    staged.path,
+                    parsed,
+                    staged.content,
+                    (staged.head, staged.size) if staged.head is not None else None,
+                )
                 if planar is not None:
                     # stored as received, and its pixel digest is the SHA-256 of stored
                     # bytes: computed when first asked (RetrieveService.pixel_records),

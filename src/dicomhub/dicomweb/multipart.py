@@ -38,10 +38,16 @@ MAX_HEADER_BYTES = 16 * 1024
 class MultipartParser:
     """Incremental parser; :meth:`feed` yields ``(event, payload)`` tuples.
 
-    Events: ``("start", PartHeaders)``, ``("data", bytes or memoryview)``, ``("end", None)``;
-    a data payload is valid until the next call.
+    Events: ``("start", PartHeaders)``, ``("data", bytes or memoryview)``, ``("end", None)``.
+    A data payload is a slice of a chunk that was fed (a view, not a copy) or of a few
+    bytes kept from the chunk before: when the chunks are immutable ``bytes``, so are
+    the payloads, and they may be kept after the next call.
     Call :meth:`close` after the last chunk: it raises :class:`MultipartError` if the
     closing boundary was never seen.
+
+    Each byte of the body is searched once and copied at most once (the few bytes at a
+    chunk's end that may begin a delimiter, and part headers cut between chunks), so a
+    part's body goes from the socket's chunks to its consumer without a copy.
     """
 
     def __init__(self, boundary: str) -> None:
@@ -57,60 +63,72 @@ class MultipartParser:
         """Consume a chunk and yield the events it completes."""
         if self.done:
             return  # epilogue is ignored
-        n = len(self.delimiter)
-        if self.state == "body" and len(self.buffer) < n <= len(chunk):
-            # inside a part's body, with at most a possible start of a delimiter kept:
-            # a chunk without a delimiter is passed on as a view, not copied
-            tail = self.buffer
-            # a delimiter starting in the kept tail would end in the chunk's first bytes
-            if (not tail or (tail + chunk[: n - 1]).find(self.delimiter) < 0) and chunk.find(
-                self.delimiter
-            ) < 0:
-                if tail:
-                    yield DATA, tail
-                safe = len(chunk) - n + 1
-                yield DATA, memoryview(chunk)[:safe]
-                self.buffer = chunk[safe:]
-                return
-        self.buffer += chunk
+        delimiter = self.delimiter
+        n = len(delimiter)
+        pos = 0
+        carry = self.buffer
+        if not carry:
+            buf = chunk
+        elif self.state in ("body", "preamble") and len(chunk) >= n - 1:
+            # the kept bytes (at most the delimiter's length, and none of them a whole
+            # delimiter) may begin one, which then ends in the chunk's first n - 1
+            # bytes: only those are joined
+            self.buffer = b""
+            k = (carry + chunk[: n - 1]).find(delimiter)
+            body = self.state == "body"
+            if k < 0:
+                if body:
+                    yield DATA, carry
+            else:
+                if body:
+                    if k:
+                        yield DATA, carry[:k]
+                    yield END, None
+                self.state = "after_boundary"
+                pos = k + n - len(carry)
+            buf = chunk
+        else:  # before the first part, between parts, or a chunk shorter than the delimiter
+            buf = carry + chunk
+        self.buffer = b""
+        view = memoryview(buf)
+        end = len(buf)
         while True:
             if self.state == "preamble":
-                idx = self.buffer.find(self.delimiter)
+                idx = buf.find(delimiter, pos)
                 if idx < 0:
-                    keep = len(self.delimiter)
-                    if len(self.buffer) > keep:
-                        self.buffer = self.buffer[-keep:]
+                    self.buffer = buf[max(pos, end - n) :]
                     return
-                self.buffer = self.buffer[idx + len(self.delimiter) :]
+                pos = idx + n
                 self.state = "after_boundary"
             if self.state == "after_boundary":
-                if len(self.buffer) < 2:
+                if end - pos < 2:
+                    self.buffer = buf[pos:]
                     return
-                if self.buffer.startswith(b"--"):
+                if buf.startswith(b"--", pos):
                     self.done = True
-                    self.buffer = b""
                     return
-                eol = self.buffer.find(b"\r\n")
+                eol = buf.find(b"\r\n", pos)
                 if eol < 0:
-                    if len(self.buffer) > 1024:
+                    if end - pos > 1024:
                         raise MultipartError("garbage after multipart boundary")
+                    self.buffer = buf[pos:]
                     return
-                if self.buffer[:eol].strip(b" \t"):
+                if buf[pos:eol].strip(b" \t"):
                     raise MultipartError("garbage after multipart boundary")
-                self.buffer = self.buffer[eol + 2 :]
+                pos = eol + 2
                 self.state = "headers"
             if self.state == "headers":
-                end = self.buffer.find(b"\r\n\r\n")
-                if self.buffer.startswith(b"\r\n"):
-                    end, skip = 0, 2
+                if buf.startswith(b"\r\n", pos):
+                    stop, skip = pos, 2
                 else:
-                    skip = 4
-                if end < 0:
-                    if len(self.buffer) > MAX_HEADER_BYTES:
+                    stop, skip = buf.find(b"\r\n\r\n", pos), 4
+                if stop < 0:
+                    if end - pos > MAX_HEADER_BYTES:
                         raise MultipartError("part headers too long")
+                    self.buffer = buf[pos:]
                     return
                 headers = PartHeaders()
-                raw = self.buffer[:end].decode("latin-1") if end else ""
+                raw = buf[pos:stop].decode("latin-1") if stop > pos else ""
                 for line in raw.split("\r\n"):
                     if not line:
                         continue
@@ -118,23 +136,24 @@ class MultipartParser:
                     if not sep:
                         raise MultipartError(f"malformed part header line {line[:80]!r}")
                     headers.headers[name.strip().lower()] = value.strip()
-                self.buffer = self.buffer[end + skip :]
+                pos = stop + skip
                 self.state = "body"
                 self.parts += 1
                 yield START, headers
             if self.state == "body":
-                idx = self.buffer.find(self.delimiter)
+                idx = buf.find(delimiter, pos)
                 if idx < 0:
-                    # emit all but a tail that could be the start of the delimiter
-                    safe = len(self.buffer) - len(self.delimiter) + 1
-                    if safe > 0:
-                        yield DATA, self.buffer[:safe]
-                        self.buffer = self.buffer[safe:]
+                    # pass on all but a tail that could be the start of the delimiter
+                    safe = end - n + 1
+                    if safe > pos:
+                        yield DATA, view[pos:safe]
+                        pos = safe
+                    self.buffer = buf[pos:]
                     return
-                if idx:
-                    yield DATA, self.buffer[:idx]
+                if idx > pos:
+                    yield DATA, view[pos:idx]
                 yield END, None
-                self.buffer = self.buffer[idx + len(self.delimiter) :]
+                pos = idx + n
                 self.state = "after_boundary"
 
     def close(self) -> None:

@@ -14,10 +14,11 @@ import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import os
+import secrets
 import threading
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -63,6 +64,12 @@ ORIGINAL_PC_HEADER = "dicomhub-original-planar-configuration"
 #: Bytes of a request's body that may wait for its writer at most (then the body is
 #: read no further until the writer has caught up): memory stays bounded by a slow disk.
 WRITE_AHEAD = 8 << 20
+
+#: The first bytes of each part kept in memory for the ingest reader, which then need not
+#: read the staged file back (StagedFile.head): at most this many per part, and at most
+#: HEAD_BUDGET per request (parts after that are read back from their files).
+HEAD_BYTES = 16 << 10
+HEAD_BUDGET = 8 << 20
 
 
 class _Writer:
@@ -173,10 +180,26 @@ class _Writer:
         self.submit(discard, always=True)
 
 
+#: staging file names: unique to this process (its ID and a random prefix, renewed in a
+#: forked child) and then a counter, so that naming a part costs neither a system call
+#: nor a UUID on the event loop
+_names: tuple[int, str, itertools.count[int]] = (0, "", itertools.count())
+
+
+def _staging_name(staging: str | Path) -> str:
+    """A new staging file path in ``staging`` (created later with O_EXCL)."""
+    global _names
+    pid, prefix, counter = _names
+    if pid != os.getpid():
+        pid = os.getpid()
+        _names = pid, prefix, counter = pid, f"{pid:x}-{secrets.token_hex(6)}-", itertools.count()
+    return f"{staging}/{prefix}{next(counter)}.part"
+
+
 class _Part:
     """One body part; its staging file is created, written and hashed by a _Writer."""
 
-    def __init__(self, staging: Path, content_type: str, headers: dict[str, str]) -> None:
+    def __init__(self, staging: str | Path, content_type: str, headers: dict[str, str]) -> None:
         self.content_type = content_type
         original = headers.get(ORIGINAL_TS_HEADER, "").strip()
         self.original_ts = original if original in LOSSLESS_SOURCES else None
@@ -185,16 +208,25 @@ class _Part:
         self.accepted = content_type.split(";")[0].strip().lower() in DICOM_TYPES
         self.size = 0
         self.hasher = hashlib.sha256()
-        self.path: Path | None = None
+        #: first bytes kept for the reader (HEAD_BYTES): room left, and what was kept
+        self.head_room = 0
+        self.head: bytes | None = None
+        self.path: str | None = None
         self.fd: int | None = None
         if self.accepted:
-            self.path = Path(f"{staging}/{uuid.uuid4().hex}.part")
+            self.path = _staging_name(staging)
 
     def open(self) -> None:
         """Create the staging file: a new file of its own (O_EXCL), written unbuffered
         (the chunks arrive large)."""
         if self.path is not None:
             self.fd = os.open(self.path, _CREATE, 0o600)
+
+    def keep_head(self, data: bytes | memoryview) -> None:
+        """Keep a copy of the part's first bytes, up to the room reserved for them."""
+        take = bytes(data[: self.head_room])
+        self.head = take if self.head is None else self.head + take
+        self.head_room -= len(take)
 
     def write(self, data: bytes | memoryview) -> None:
         if self.fd is not None:
@@ -212,7 +244,7 @@ class _Part:
         self.close()
         if self.path is not None:
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+                os.unlink(self.path)
 
 
 def _response_dataset(outcomes: list[StoreOutcome], base: str) -> tuple[int, dict[str, Any]]:
@@ -293,9 +325,11 @@ async def _receive(request: Request, staging: Path, max_bytes: int, pool: Execut
             )
     parser = MultipartParser(boundary)
     writer = _Writer(pool, asyncio.get_running_loop())
+    staging_dir = str(staging)
     parts: list[_Part] = []
     current: _Part | None = None
     received = 0
+    head_budget = HEAD_BUDGET
     try:
         async for chunk in request.stream():
             if not isinstance(chunk, bytes):  # the writer holds views of it: immutable only
@@ -306,17 +340,23 @@ async def _receive(request: Request, staging: Path, max_bytes: int, pool: Execut
             for event, payload in parser.feed(chunk):
                 if event == START:
                     assert isinstance(payload, PartHeaders)
-                    current = _Part(staging, payload.content_type, payload.headers)
+                    current = _Part(staging_dir, payload.content_type, payload.headers)
                     parts.append(current)
                     if current.accepted:
+                        current.head_room = min(HEAD_BYTES, head_budget)
+                        head_budget -= current.head_room
                         writer.submit(current.open)
                 elif event == DATA:
                     assert current is not None and isinstance(payload, (bytes, memoryview))
                     current.size += len(payload)
                     if current.accepted:
+                        if current.head_room:
+                            current.keep_head(payload)
                         writer.submit(functools.partial(current.write, payload), len(payload))
                 elif event == END and current is not None:
                     if current.accepted:
+                        head_budget += current.head_room  # room not used
+                        current.head_room = 0
                         writer.submit(current.close)
                     current = None
             if writer.pending() > WRITE_AHEAD:
@@ -348,7 +388,7 @@ def _store_all(
                 message=f"part of type '{part.content_type}' is not application/dicom",
             )
             continue
-        staged = StagedFile(part.path, part.size, part.hasher.hexdigest())
+        staged = StagedFile(Path(part.path), part.size, part.hasher.hexdigest(), head=part.head)
         received.append(ReceivedObject(staged, part.original_ts, part.original_pc))
         positions.append(i)
     for i, outcome in zip(

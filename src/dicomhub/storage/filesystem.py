@@ -124,9 +124,10 @@ class FileSystemBlobStore:
         """
         errors: list[OSError | None] = []
         dirs: dict[Path, list[int]] = {}
+        made: set[Path] = set()  # each directory is created (or found) once
         for i, (key, source) in enumerate(items):
             try:
-                target = self._move_in(key, source, fsync)
+                target = self._move_in(key, source, fsync, made)
             except OSError as exc:
                 errors.append(exc)
                 continue
@@ -141,10 +142,14 @@ class FileSystemBlobStore:
                         errors[i] = exc
         return errors
 
-    def _move_in(self, key: str, source: Path, fsync: bool) -> Path:
-        """fsync ``source`` (if asked) and rename it to ``key``'s path; that path."""
+    def _move_in(self, key: str, source: Path, fsync: bool, made: set[Path] | None = None) -> Path:
+        """fsync ``source`` (if asked) and rename it to ``key``'s path; that path.
+        ``made``: directories already created by the caller (this one is added)."""
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if made is None or target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if made is not None:
+                made.add(target.parent)
         with self._presync_lock:
             early = self._presynced.pop(source, None)
         if early is not None:
