@@ -24,6 +24,7 @@ from dicomhub.config import Settings
 from dicomhub.context import Context, build_context
 from dicomhub.core.access import Kind, Principal, Role
 from dicomhub.dicomweb.app import create_app
+from dicomhub.dicomweb.protocol import BodyProtocol
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,6 +206,7 @@ class LiveServer:
             port=self.port,
             log_level="warning",
             lifespan="on",
+            http=BodyProtocol,  # as dicomhub serve runs it (dicomweb/worker.py)
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

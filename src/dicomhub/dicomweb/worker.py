@@ -23,6 +23,7 @@ from dicomhub.balancer import ChannelReceiver
 from dicomhub.config import Settings, worker_start
 from dicomhub.context import build_context, freeze_heap
 from dicomhub.dicomweb.app import create_app
+from dicomhub.dicomweb.protocol import BodyProtocol
 
 #: Environment variable carrying the settings (JSON) to HTTP worker processes.
 WORKER_SETTINGS_ENV = "DICOMHUB_HTTP_WORKER_SETTINGS"
@@ -37,7 +38,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "port": settings.http_port,
         "log_level": settings.log_level.lower(),
         "loop": "auto",
-        "http": "auto",
+        "http": BodyProtocol,  # httptools without its body copies (dicomweb/protocol.py)
         "timeout_keep_alive": 30,
     }
 
