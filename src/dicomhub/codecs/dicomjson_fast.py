@@ -55,6 +55,17 @@ def fast_value(
     or None when pydicom must convert it (unusual forms: empty components, NaN, …)."""
     if len(value) == 0:
         return {"vr": vr}
+    code = _NUMBERS.get(vr)
+    if code is not None:  # the binary numbers first: no text to decode
+        size = _SIZES[code]
+        if len(value) % size:
+            return None
+        if size == len(value):
+            number = struct.unpack(("<" if little else ">") + code, value)[0]
+            return {"vr": vr, "Value": [number]}
+        order = "<" if little else ">"
+        numbers = list(struct.unpack(f"{order}{len(value) // size}{code}", value))
+        return {"vr": vr, "Value": numbers}
     if vr in _ASCII_VRS:
         values = _ascii_values(value)
         if values is None:
@@ -104,14 +115,6 @@ def fast_value(
                 return None
             names.append(doc)
         return {"vr": vr, "Value": names}
-    if vr in _NUMBERS:
-        code = _NUMBERS[vr]
-        size = _SIZES[code]
-        if len(value) % size:
-            return None
-        order = "<" if little else ">"
-        numbers = list(struct.unpack(f"{order}{len(value) // size}{code}", value))
-        return {"vr": vr, "Value": numbers}
     return None
 
 

@@ -193,14 +193,26 @@ def _dataset(
     """Convert the elements from ``pos`` to ``end`` (or to an Item Delimitation Item when
     ``delimited``); returns the JSON, the position after, and the top-level pixel data."""
     out: dict[str, Any] = {}
+    available = len(buf)
+    # the loop runs once per element of every object received: names looked up once
+    unpack_element, unpack_u32, long_vrs = _ELEMENT.unpack_from, _U32.unpack_from, LONG_VRS
+    vr_names, keys = _VRS, _KEYS
     while pos < end:
         if pos + 8 > end:
-            if end > len(buf):
+            if end > available:
                 raise Short("trailing bytes past the first bytes")
             if depth == 0 and not buf[pos:end].strip(b"\x00"):
                 break  # trailing NUL padding, as the general path allows
             raise Fallback(f"element header cut at byte {pos}")
-        group, elem, vr_bytes, length, value_pos = _header(buf, pos, end)
+        # the element header (PS3.5 §7.1.2), as _header reads it
+        group, elem, vr_bytes, length = unpack_element(buf, pos)
+        if vr_bytes in long_vrs:
+            if pos + 12 > end:
+                raise Fallback(f"element header cut at byte {pos}")
+            length = unpack_u32(buf, pos + 8)[0]
+            value_pos = pos + 12
+        else:
+            value_pos = pos + 8
         if group == 0xFFFE:
             if delimited and elem == 0xE00D and length == 0:
                 return out, value_pos, None
@@ -210,11 +222,11 @@ def _dataset(
             # pydicom stops before pixel data: nothing after it is converted; the rest of
             # the file is only checked, exactly as the general path does
             return out, end, _walk_rest(buf, pos, end)
-        vr = _VRS.get(vr_bytes)
+        vr = vr_names.get(vr_bytes)
         if vr is None or group < 8:
             raise Fallback(f"element ({group:04X},{elem:04X}) needs the general path")
         pos = value_pos
-        key = _key(tag)
+        key = keys.get(tag) or _key(tag)
         if key in out:
             raise Fallback(f"repeated element {key}")
         if vr == "SQ":
@@ -227,7 +239,7 @@ def _dataset(
         stop = pos + length
         if stop > end:
             raise Fallback(f"element {key} runs past the end")
-        if stop > len(buf) and (length <= threshold or vr not in _BINARY):
+        if stop > available and (length <= threshold or vr not in _BINARY):
             raise Short(f"element {key} past the first bytes")
         if vr in _BINARY:
             if length > threshold:
