@@ -3,6 +3,7 @@ for real by uvicorn on a loopback port and fed by real HTTP clients."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
@@ -108,3 +109,48 @@ def test_chunked_and_trickled_bodies_arrive_whole(served: tuple[str, _Recorder])
         while chunk := sock.recv(65536):
             answer += chunk
     assert f"{hashlib.sha256(body).hexdigest()} {len(body)}".encode() in answer
+
+
+class _Flow:
+    def __init__(self) -> None:
+        self.paused = 0
+
+    def pause_reading(self) -> None:
+        self.paused += 1
+
+
+class _Parser:
+    def should_upgrade(self) -> bool:
+        return False
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.body: bytes | bytearray = bytearray()  # as uvicorn starts a request
+        self.response_complete = False
+        self.message_event = asyncio.Event()
+
+
+def test_a_lone_chunk_is_passed_on_as_it_is() -> None:
+    """What came in: httptools' body callbacks on one request — a 256 kB chunk while
+    nothing waits, then two chunks before the application takes them.  The lone chunk is
+    the very object the application gets (``bytes(body) is chunk``: no copy); two waiting
+    chunks are joined in order; over uvicorn's high-water mark reading is paused, as
+    uvicorn does; after the response nothing is kept."""
+    protocol = BodyProtocol.__new__(BodyProtocol)  # only on_body's own state is used
+    protocol.parser = _Parser()
+    protocol.flow = _Flow()
+    protocol.cycle = cycle = _Cycle()
+    chunk = os.urandom(256_000)
+    protocol.on_body(chunk)
+    assert bytes(cycle.body) is chunk and cycle.message_event.is_set()
+    assert protocol.flow.paused == 1  # 256 kB > 64 KiB
+    cycle.body = bytearray()  # the application took it (uvicorn's receive())
+    first, second = b"ab", b"cd"
+    protocol.on_body(first)
+    protocol.on_body(second)
+    assert bytes(cycle.body) == b"abcd" and protocol.flow.paused == 1
+    cycle.response_complete = True
+    cycle.body = bytearray()
+    protocol.on_body(b"late")
+    assert cycle.body == bytearray()

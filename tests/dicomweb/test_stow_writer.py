@@ -244,20 +244,37 @@ def test_received_parts_keep_their_first_bytes_within_a_budget(
 
 
 @pytest.mark.skipif(stow._SYNC_FILE_RANGE is None, reason="sync_file_range(2) is Linux's")
-def test_a_part_starts_its_writeback_when_complete(tmp_path: Path) -> None:
-    """What came in: a 3 MB part on a server with fsync on (writeback).  At close the
-    part's file is handed to the disk (sync_file_range, no waiting): the file is whole,
-    its hash right, and the call works on this system (0); without fsync nothing is
-    started."""
+def test_a_part_starts_its_writeback_when_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What came in: a 3 MB part on a server with fsync on (writeback), and one with it
+    off.  At close the first part's file is handed to the disk — the real
+    sync_file_range(2) is called once on its descriptor, for the whole file, without
+    waiting, and succeeds — before the descriptor is closed; the file is whole and its
+    hash right.  Without fsync nothing is started."""
+    real = stow._SYNC_FILE_RANGE
+    assert real is not None
+    calls: list[tuple[int, int, int, int, int]] = []
+
+    def recorded(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        result = real(fd, offset, nbytes, flags)  # fails (-1) on a closed descriptor
+        calls.append((fd, offset, nbytes, flags, result))
+        return result
+
+    monkeypatch.setattr(stow, "_SYNC_FILE_RANGE", recorded)
     body = os.urandom(3 << 20)
-    assert stow._SYNC_FILE_RANGE is not None
     part = _Part(tmp_path, DICOM, {}, writeback=True)
-    assert part.writeback
     part.open()
-    assert part.fd is not None
+    fd = part.fd
     part.write(body)
-    assert stow._SYNC_FILE_RANGE(part.fd, 0, 0, stow.SYNC_FILE_RANGE_WRITE) == 0
     part.close()
+    assert calls == [(fd, 0, 0, stow.SYNC_FILE_RANGE_WRITE, 0)]
     assert part.fd is None and Path(str(part.path)).read_bytes() == body
     assert part.hasher.hexdigest() == hashlib.sha256(body).hexdigest()
-    assert not _Part(tmp_path, DICOM, {}).writeback
+
+    plain = _Part(tmp_path, DICOM, {})
+    assert not plain.writeback
+    plain.open()
+    plain.write(body)
+    plain.close()
+    assert len(calls) == 1

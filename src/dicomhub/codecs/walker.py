@@ -128,7 +128,7 @@ def walk(buf: Any, threshold: int, size: int | None = None) -> Walked:
 
 
 def _walk(buf: Any, threshold: int, end: int) -> Walked:
-    if end > len(buf) < _MIN_HEAD:
+    if len(buf) < min(end, _MIN_HEAD):
         raise Short("too few first bytes")
     if end < 144 or buf[128:132] != b"DICM":
         raise Fallback("no DICM prefix")
@@ -194,9 +194,7 @@ def _dataset(
     ``delimited``); returns the JSON, the position after, and the top-level pixel data."""
     out: dict[str, Any] = {}
     available = len(buf)
-    # the loop runs once per element of every object received: names looked up once
-    unpack_element, unpack_u32, long_vrs = _ELEMENT.unpack_from, _U32.unpack_from, LONG_VRS
-    vr_names, keys = _VRS, _KEYS
+    vr_names, keys = _VRS, _KEYS  # the loop runs once per element: looked up once
     while pos < end:
         if pos + 8 > end:
             if end > available:
@@ -204,15 +202,7 @@ def _dataset(
             if depth == 0 and not buf[pos:end].strip(b"\x00"):
                 break  # trailing NUL padding, as the general path allows
             raise Fallback(f"element header cut at byte {pos}")
-        # the element header (PS3.5 §7.1.2), as _header reads it
-        group, elem, vr_bytes, length = unpack_element(buf, pos)
-        if vr_bytes in long_vrs:
-            if pos + 12 > end:
-                raise Fallback(f"element header cut at byte {pos}")
-            length = unpack_u32(buf, pos + 8)[0]
-            value_pos = pos + 12
-        else:
-            value_pos = pos + 8
+        group, elem, vr_bytes, length, value_pos = _header(buf, pos, end)
         if group == 0xFFFE:
             if delimited and elem == 0xE00D and length == 0:
                 return out, value_pos, None

@@ -73,7 +73,6 @@ class MultipartParser:
             # the kept bytes (at most the delimiter's length, and none of them a whole
             # delimiter) may begin one, which then ends in the chunk's first n - 1
             # bytes: only those are joined
-            self.buffer = b""
             k = (carry + chunk[: n - 1]).find(delimiter)
             body = self.state == "body"
             if k < 0:

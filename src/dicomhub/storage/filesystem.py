@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -123,11 +123,10 @@ class FileSystemBlobStore:
         source is then left in staging for the caller to remove).
         """
         errors: list[OSError | None] = []
-        dirs: dict[Path, list[int]] = {}
-        made: set[Path] = set()  # each directory is created (or found) once
+        dirs: dict[Path, list[int]] = {}  # also: the directories made (mkdir once each)
         for i, (key, source) in enumerate(items):
             try:
-                target = self._move_in(key, source, fsync, made)
+                target = self._move_in(key, source, fsync, dirs)
             except OSError as exc:
                 errors.append(exc)
                 continue
@@ -142,14 +141,12 @@ class FileSystemBlobStore:
                         errors[i] = exc
         return errors
 
-    def _move_in(self, key: str, source: Path, fsync: bool, made: set[Path] | None = None) -> Path:
+    def _move_in(self, key: str, source: Path, fsync: bool, made: Container[Path] = ()) -> Path:
         """fsync ``source`` (if asked) and rename it to ``key``'s path; that path.
-        ``made``: directories already created by the caller (this one is added)."""
+        ``made``: directories the caller knows exist (not created again)."""
         target = self._path(key)
-        if made is None or target.parent not in made:
+        if target.parent not in made:
             target.parent.mkdir(parents=True, exist_ok=True)
-            if made is not None:
-                made.add(target.parent)
         with self._presync_lock:
             early = self._presynced.pop(source, None)
         if early is not None:
