@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -148,6 +149,7 @@ class Bench:
         self.ct_stored = False
         self.dead: set[str] = set()
         self.load_start = [round(x, 2) for x in os.getloadavg()]
+        self.sampler: MemorySampler | None = None
 
     # -- helpers -------------------------------------------------------------------------
     def metric(self, key: str, label: str, unit: str, higher: bool, target: str = "") -> Metric:
@@ -722,9 +724,18 @@ class Bench:
             "big_ingest", f"{gb} study: STOW-RS, 1 instance (~157 MB) per request", "MB/s", True
         )
         retrieve = self.metric("big_retrieve", f"{gb} study: WADO-RS study retrieve", "MB/s", True)
-        rss = self.metric(
-            "big_rss", f"Peak RSS after the {gb} study (VmHWM)", "MiB", False, "≤300 MiB"
+        pss = self.metric(
+            "big_pss",
+            f"Peak memory during the {gb} study (PSS of the server's processes, summed)",
+            "MiB",
+            False,
+            "≤300 MiB",
         )
+        rss = self.metric(
+            "big_rss", f"Peak RSS after the {gb} study (VmHWM, summed per process)", "MiB", False
+        )
+        if self.sampler is not None:
+            self.sampler.reset_window()
         with session() as s:
             for srv in self.servers:
                 self.attempt(srv, "delete big study", srv.delete_study, s, study)
@@ -747,26 +758,48 @@ class Bench:
                 if not self.exited(srv):
                     rss.values[srv.name] = srv.peak_rss_mib()
                     rss.runs[srv.name] = [rss.values[srv.name]]
+                    if self.sampler is not None:
+                        self.sampler.sample()
+                        pss.values[srv.name] = self.sampler.window.get(srv.name, 0.0)
+                        pss.runs[srv.name] = [pss.values[srv.name]]
                 self.attempt(srv, "delete big study", srv.delete_study, s, study)
         shutil.rmtree(self.tmp / "data" / "big", ignore_errors=True)
         log(
             "big study: "
             + ", ".join(
-                f"{k} {ingest.values.get(k, 0):.0f}/{retrieve.values.get(k, 0):.0f} MB/s "
-                f"{rss.values.get(k, 0):.0f} MiB"
+                f"{k} {ingest.values.get(k, 0):.0f}/{retrieve.values.get(k, 0):.0f} MB/s, "
+                f"peak PSS {pss.values.get(k, 0):.0f} MiB, VmHWM {rss.values.get(k, 0):.0f} MiB"
                 for k in rss.values
             )
         )
 
     def memory(self) -> None:
-        """Peak RSS of each server process (tree) after the workloads."""
-        m = self.metric("peak_rss", "Peak RSS after all workloads (VmHWM)", "MiB", False)
+        """Peak memory of each server (process tree) over the workloads: sampled PSS,
+        and the kernel's VmHWM summed per process."""
+        pss = self.metric(
+            "peak_pss", "Peak memory over all workloads (PSS of the processes, summed)", "MiB",
+            False,
+        )  # fmt: skip
+        m = self.metric(
+            "peak_rss", "Peak RSS after all workloads (VmHWM, summed per process)", "MiB", False
+        )
+        if self.sampler is not None:
+            self.sampler.sample()
         for srv in self.servers:
             if self.exited(srv):
                 continue
             m.values[srv.name] = srv.peak_rss_mib()
             m.runs[srv.name] = [m.values[srv.name]]
-        log("peak RSS: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in m.values.items()))
+            if self.sampler is not None and srv.name in self.sampler.peak:
+                pss.values[srv.name] = self.sampler.peak[srv.name]
+                pss.runs[srv.name] = [pss.values[srv.name]]
+        log(
+            "peak memory: "
+            + ", ".join(
+                f"{k} PSS {pss.values.get(k, 0):.0f} MiB, VmHWM {v:.0f} MiB"
+                for k, v in m.values.items()
+            )
+        )
 
     # -- output --------------------------------------------------------------------------
     def results(self) -> dict[str, Any]:
@@ -843,6 +876,46 @@ def _delete_study(srv: Server, s: requests.Session, study: str) -> bool:
     return True
 
 
+class MemorySampler:
+    """The memory of each server over the run: its processes' PSS summed, sampled every
+    ``interval`` s on a thread of its own.  VmHWM (the kernel's peak RSS) has no
+    equivalent for a tree of processes that share pages (forked workers): summed over
+    them it counts every shared page once per process."""
+
+    def __init__(self, servers: list[Server], interval: float = 0.25) -> None:
+        self.servers = servers
+        self.interval = interval
+        self.peak: dict[str, float] = {}
+        self.window: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def reset_window(self) -> None:
+        """Start a new window (e.g. one workload); :attr:`window` holds its peaks."""
+        self.sample()
+        self.window = {}
+        self.sample()
+
+    def sample(self) -> None:
+        for srv in self.servers:
+            if srv.proc is None or srv.proc.poll() is not None:
+                continue
+            mib = srv.pss_mib()
+            self.peak[srv.name] = max(self.peak.get(srv.name, 0.0), mib)
+            self.window[srv.name] = max(self.window.get(srv.name, 0.0), mib)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+
 def _raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -858,6 +931,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.generate()
         bench.start_servers()
+        bench.sampler = MemorySampler(bench.servers)
+        bench.sampler.start()
         selected = args.selected
         if "stow" in selected:
             bench.stow_ct()
@@ -903,6 +978,8 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted")
         return 130
     finally:
+        if bench.sampler is not None:
+            bench.sampler.stop()
         stop_all()
         if args.keep:
             log(f"kept {tmp}")

@@ -112,6 +112,18 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _pss_kib(pid: int) -> int:
+    """Proportional set size of ``pid`` (each page shared by n processes counts 1/n)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _status_kib(pid: int, field: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -218,6 +230,11 @@ class Server:
     def peak_rss_mib(self) -> float:
         """Peak resident set size (VmHWM), summed over the process tree, in MiB."""
         return sum(_status_kib(p, "VmHWM") for p in self.pids()) / 1024
+
+    def pss_mib(self) -> float:
+        """Memory the process tree holds now, pages shared among its processes (or with
+        any other) counted once in all (PSS summed), in MiB."""
+        return sum(_pss_kib(p) for p in self.pids()) / 1024
 
     def rss_mib(self) -> float:
         """Current resident set size summed over the process tree, in MiB."""

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,29 @@ STABLE_AFTER = 60.0
 ACCEPT_BATCH = 64
 
 
+class WorkerProcess(Protocol):
+    """What :class:`Balancer` needs of a worker process
+    (:class:`subprocess.Popen` has it; so has :class:`dicomhub.zygote.ForkedWorker`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
     """The main process's listening TCP socket on ``host`` (IPv4 or IPv6) and ``port``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.create_server((host, port), family=family, backlog=backlog)
 
 
-def python_worker(
-    module: str, env: dict[str, str]
-) -> Callable[[socket.socket], subprocess.Popen[bytes]]:
+def python_worker(module: str, env: dict[str, str]) -> Callable[[socket.socket], WorkerProcess]:
     """A ``spawn`` for :class:`Balancer`: ``python -m <module> --channel <fd>`` in the
     environment ``env``, the channel's end inherited."""
 
@@ -87,7 +102,7 @@ class _Worker:
 
     slot: int
     channel: socket.socket | None = None
-    process: subprocess.Popen[bytes] | None = None
+    process: WorkerProcess | None = None
     ready: bool = False
     open: int = 0
     started: float = 0.0
@@ -110,7 +125,7 @@ class Balancer:
     def __init__(
         self,
         listen: socket.socket,
-        spawn: Callable[[socket.socket], subprocess.Popen[bytes]],
+        spawn: Callable[[socket.socket], WorkerProcess],
         workers: int,
         name: str = "worker",
     ) -> None:

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from dicomhub.config import Settings, load_settings
 
 if TYPE_CHECKING:
     from dicomhub.core.access import Principal
+    from dicomhub.zygote import Zygote
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -35,7 +37,47 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _serve_workers(settings: Settings) -> None:
+#: what worker processes import, loaded once by the main process before it forks its
+#: zygote (dicomhub.zygote), so that their pages are shared; optional ones may be missing
+WORKER_PRELOAD = (
+    "dicomhub.dicomweb.worker",
+    "dicomhub.dimse.worker",
+    "sqlite3",
+    "sqlalchemy.dialects.sqlite.pysqlite",
+    "sqlalchemy.dialects.postgresql.psycopg",
+    "uvicorn.loops.uvloop",
+    "uvicorn.lifespan.on",
+    "uvloop",
+    "httptools",
+)
+
+
+def _worker_zygote(settings: Settings) -> Zygote | None:
+    """With worker processes, the zygote they are forked from (dicomhub.zygote):
+    started before this process has a thread or a database connection."""
+    http = settings.workers > 1
+    dimse = bool(settings.dimse_port) and settings.dimse_workers > 1
+    if not (http or dimse):
+        return None
+    from dicomhub.zygote import Zygote
+
+    def http_worker(channel: int) -> int:
+        from dicomhub.dicomweb.worker import run
+
+        return run(channel, settings)
+
+    def dimse_worker(channel: int) -> int:
+        from dicomhub.dimse.worker import run
+
+        return run(channel, settings)
+
+    entries: dict[str, Callable[[int], int]] = {"http": http_worker} if http else {}
+    if dimse:
+        entries["dimse"] = dimse_worker
+    return Zygote.start(entries, preload=WORKER_PRELOAD)
+
+
+def _serve_workers(settings: Settings, zygote: Zygote | None) -> None:
     """``--workers N``: this process listens and hands each connection to the worker
     process with the fewest open connections (:mod:`dicomhub.balancer`) until SIGTERM or
     SIGINT; then the workers finish their requests and stop."""
@@ -47,6 +89,8 @@ def _serve_workers(settings: Settings) -> None:
     listen = listening_socket(settings.host, settings.http_port, backlog=2048)
     env = {**os.environ, WORKER_SETTINGS_ENV: settings.model_dump_json()}
     spawn = python_worker("dicomhub.dicomweb.worker", env)
+    if zygote is not None:
+        spawn = zygote.spawner("http", fallback=spawn)
     balancer = Balancer(listen, spawn, settings.workers, name="HTTP worker")
     previous = {
         sig: signal.signal(sig, lambda *_: balancer.request_stop())
@@ -66,15 +110,24 @@ def _serve_workers(settings: Settings) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the HTTP (DICOMweb) server on the configured archive."""
+    settings = _settings(args)
+    zygote = _worker_zygote(settings)  # first: no thread, no connection yet
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return _serve(settings, zygote)
+    finally:
+        if zygote is not None:
+            zygote.close()
+
+
+def _serve(settings: Settings, zygote: Zygote | None) -> int:
     import uvicorn
 
     from dicomhub.context import build_context, freeze_heap
     from dicomhub.dicomweb.app import create_app
 
-    settings = _settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     ctx = build_context(settings)  # creates the data dir and migrates the index
     password = ctx.auth.bootstrap_admin()
     if password:
@@ -99,7 +152,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.dimse_port:
         from dicomhub.dimse.server import DimseServer
 
-        dimse = DimseServer(ctx)
+        dimse = DimseServer(
+            ctx,
+            spawn=zygote.spawner("dimse", fallback=DimseServer.python_worker_for(settings))
+            if zygote is not None and settings.dimse_workers > 1
+            else None,
+        )
         dimse.start()
     print(
         f"dicomhub {__version__}: data in {settings.data_dir.resolve()}, index "
@@ -115,7 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dicomhub.dicomweb.worker import uvicorn_options
 
     if settings.workers > 1:
-        _serve_workers(settings)
+        _serve_workers(settings, zygote)
     else:
         app = create_app(ctx)
         freeze_heap()

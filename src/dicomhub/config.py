@@ -191,7 +191,6 @@ def worker_start(prog: str, env_var: str, tag: str, argv: list[str] | None) -> t
     main process passed and the main process's settings (JSON in ``env_var``); logging
     set up with ``tag`` in each line.  Exits with status 2 when started by hand."""
     import argparse
-    import logging
     import os
     import sys
 
@@ -203,8 +202,15 @@ def worker_start(prog: str, env_var: str, tag: str, argv: list[str] | None) -> t
         print(f"{env_var} is not set: started outside dicomhub serve?", file=sys.stderr)
         raise SystemExit(2)
     settings = Settings.model_validate_json(raw)
+    worker_logging(settings, tag)
+    return args.channel, settings
+
+
+def worker_logging(settings: Settings, tag: str) -> None:
+    """Logging of a worker process: the server's level, ``tag`` in each line."""
+    import logging
+
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s[{tag}]: %(message)s",
     )
-    return args.channel, settings

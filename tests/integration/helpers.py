@@ -89,12 +89,29 @@ def served_pixel_digest(ctx: Any, stored: Any) -> str | None:
     return digest  # type: ignore[no-any-return]
 
 
-def child_processes(pid: int, module: str) -> list[int]:
-    """The children of process ``pid`` running ``python -m <module>``, sorted."""
+def worker_processes(pid: int, kind: str) -> list[int]:
+    """The worker processes of ``kind`` ("http", "dimse") under server process ``pid``:
+    its descendants named ``dicomhub-<kind>`` (forked by its zygote, dicomhub.zygote),
+    sorted."""
     import subprocess
 
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return sorted(c for c in (int(x) for x in out.stdout.split()) if module in cmdline(c))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        out = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True)
+        for child in (int(x) for x in out.stdout.split()):
+            todo.append(child)
+            if comm(child) == f"dicomhub-{kind}":
+                found.append(child)
+    return sorted(found)
+
+
+def comm(pid: int) -> str:
+    """The name of process ``pid`` (/proc/<pid>/comm; '' once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def cmdline(pid: int) -> str:

@@ -27,7 +27,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from conftest import SAMPLES, free_port
-from integration.helpers import child_processes, cmdline, held_connections
+from integration.helpers import cmdline, held_connections, worker_processes
 
 CT = SAMPLES / "nema-wg04" / "REF" / "CT1_UNC"
 CALLING = "WORKERTEST"
@@ -51,7 +51,7 @@ def _serving(proc: subprocess.Popen[bytes], log: Path, n: int) -> None:
 
 
 def _workers(pid: int) -> list[int]:
-    return child_processes(pid, "dicomhub.dimse.worker")
+    return worker_processes(pid, "dimse")
 
 
 def _held(pid: int, port: int) -> int:

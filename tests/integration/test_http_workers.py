@@ -27,14 +27,14 @@ import pytest
 from pydicom.uid import generate_uid
 
 from conftest import SAMPLES, free_port
-from integration.helpers import child_processes, held_connections
+from integration.helpers import held_connections, worker_processes
 
 MR = SAMPLES / "nema-wg04" / "REF" / "MR1_UNC"
 CT = SAMPLES / "nema-wg04" / "REF" / "CT1_UNC"
 
 
 def _workers(pid: int) -> list[int]:
-    return child_processes(pid, "dicomhub.dicomweb.worker")
+    return worker_processes(pid, "http")
 
 
 def _connections_per_worker(server_pid: int, port: int) -> dict[int, int]:

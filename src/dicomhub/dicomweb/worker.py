@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 
 from dicomhub.balancer import ChannelReceiver
-from dicomhub.config import Settings, worker_start
+from dicomhub.config import Settings, worker_logging, worker_start
 from dicomhub.context import build_context, freeze_heap
 from dicomhub.dicomweb.app import create_app
 from dicomhub.dicomweb.protocol import BodyProtocol
@@ -104,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     channel, settings = worker_start(
         "dicomhub.dicomweb.worker", WORKER_SETTINGS_ENV, "http-worker", argv
     )
+    return run(channel, settings)
+
+
+def run(channel: int, settings: Settings) -> int:
+    """Serve DICOMweb on the connections handed over on ``channel`` until told to stop
+    (a worker forked by the zygote, :mod:`dicomhub.zygote`, starts here)."""
+    if not logging.getLogger().handlers:
+        worker_logging(settings, "http-worker")
     app = create_app(build_context(settings, migrate=False))
     config = uvicorn.Config(app, **uvicorn_options(settings))  # type: ignore[arg-type]
     server = uvicorn.Server(config)

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomhub.balancer import Balancer, ChannelReceiver, listening_socket, python_worker
+from dicomhub.balancer import (
+    Balancer,
+    ChannelReceiver,
+    WorkerProcess,
+    listening_socket,
+    python_worker,
+)
 from dicomhub.dimse import command, reactor, receive, transport
 from dicomhub.dimse.handlers import DimseHandlers
 from dicomhub.dimse.lean import LeanAssociation, LeanServer, NoRequest, lean_request
@@ -161,7 +167,15 @@ class DimseServer:
     time).  ``channel`` is how a worker receives its connections.
     """
 
-    def __init__(self, ctx: Context, channel: int | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        channel: int | None = None,
+        spawn: Callable[[socket.socket], WorkerProcess] | None = None,
+    ) -> None:
+        """``channel``: this is a worker serving what comes over it; ``spawn``: how the
+        main process starts its ``dimse_workers`` (default: ``python -m
+        dicomhub.dimse.worker``; ``dicomhub serve`` forks them from its zygote)."""
         self.ctx = ctx
         self.settings = ctx.settings
         self.ae = build_ae(self.settings)
@@ -172,6 +186,7 @@ class DimseServer:
         self._is_worker = channel is not None
         self._listen: socket.socket | None = None
         self._balancer: Balancer | None = None
+        self._spawn = spawn
         #: set when this worker should stop (its main process has gone)
         self.stopping = threading.Event()
 
@@ -214,10 +229,9 @@ class DimseServer:
             self._serve_handed_over(host)
         elif self.settings.dimse_workers > 1:
             self._listen = listening_socket(host, self.settings.dimse_port, backlog=128)
-            env = {**os.environ, WORKER_SETTINGS_ENV: self.settings.model_dump_json()}
             self._balancer = Balancer(
                 self._listen,
-                python_worker("dicomhub.dimse.worker", env),
+                self._spawn or self.python_worker_for(self.settings),
                 self.settings.dimse_workers,
                 "DIMSE worker",
             )
@@ -251,6 +265,13 @@ class DimseServer:
                 ssl_context=self.tls_context(),
             )
             log.info("DICOM TLS: listening on %s:%s", host, self.tls_port)
+
+    @staticmethod
+    def python_worker_for(settings: Settings) -> Callable[[socket.socket], WorkerProcess]:
+        """Start a DIMSE worker as ``python -m dicomhub.dimse.worker`` (``settings``
+        passed in the environment)."""
+        env = {**os.environ, WORKER_SETTINGS_ENV: settings.model_dump_json()}
+        return python_worker("dicomhub.dimse.worker", env)
 
     def _serve_handed_over(self, host: str) -> None:
         """Worker: serve the connections that come over the channel from the main

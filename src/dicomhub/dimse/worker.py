@@ -9,11 +9,12 @@ SIGTERM/SIGINT or when its parent goes away.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
 
-from dicomhub.config import worker_start
+from dicomhub.config import Settings, worker_logging, worker_start
 from dicomhub.context import build_context, freeze_heap
 from dicomhub.dimse.server import WORKER_SETTINGS_ENV, DimseServer
 
@@ -23,6 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     channel, settings = worker_start(
         "dicomhub.dimse.worker", WORKER_SETTINGS_ENV, "dimse-worker", argv
     )
+    return run(channel, settings)
+
+
+def run(channel: int, settings: Settings) -> int:
+    """Serve the associations handed over on ``channel`` until told to stop (a worker
+    forked by the zygote, :mod:`dicomhub.zygote`, starts here)."""
+    if not logging.getLogger().handlers:
+        worker_logging(settings, "dimse-worker")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
