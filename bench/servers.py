@@ -316,10 +316,10 @@ class Dicomhub(Server):
             "--log-level",
             self.log_level,
         ]
-        if self.workers > 1:
-            cmd += ["--workers", str(self.workers)]
-            if _serve_supports("--dimse-workers"):  # the same number of cores for DIMSE
-                cmd += ["--dimse-workers", str(self.workers)]
+        # always explicit: since session 10 the default (0) is one worker per core
+        cmd += ["--workers", str(self.workers)]
+        if _serve_supports("--dimse-workers"):  # the same number of cores for DIMSE
+            cmd += ["--dimse-workers", str(self.workers)]
         if _serve_supports("--dimse-port"):
             # the DIMSE edge listens too (default 11112): give each instance its own port
             cmd += ["--dimse-port", str(self.dimse_port)]

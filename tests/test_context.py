@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from dicomhub.config import Settings
+import pytest
+
+from dicomhub import config
+from dicomhub.config import AUTO_WORKERS_MAX, Settings, serving
 from dicomhub.context import build_context, ingest_write_threads
 
 
@@ -29,3 +33,21 @@ def test_a_worker_process_context_has_its_share_of_writer_threads(tmp_path: Path
         assert ctx.ingest._max_workers == ingest_write_threads(2)  # type: ignore[attr-defined]
     finally:
         ctx.close()
+
+
+def test_serve_runs_one_worker_per_usable_core_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What came in: the default settings (workers 0, dimse_workers 0) on 1, 2, 3 and 16
+    usable cores, and explicit counts.  `dicomhub serve` runs one worker per core (at
+    most AUTO_WORKERS_MAX) of each kind, one process on a single core; explicit counts
+    are kept; in-process use keeps 0 (one process)."""
+    assert 1 <= config.usable_cores() <= (os.cpu_count() or 1)
+    defaults = Settings()
+    assert (defaults.workers, defaults.dimse_workers) == (0, 0)
+    for cores, expected in ((1, 1), (2, 2), (3, 3), (16, AUTO_WORKERS_MAX)):
+        monkeypatch.setattr(config, "usable_cores", lambda cores=cores: cores)
+        s = serving(Settings())
+        assert (s.workers, s.dimse_workers) == (expected, expected)
+        s = serving(Settings(workers=1, dimse_workers=3))
+        assert (s.workers, s.dimse_workers) == (1, 3)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dicomhub import __version__
-from dicomhub.config import Settings, load_settings
+from dicomhub.config import Settings, load_settings, serving
 
 if TYPE_CHECKING:
     from dicomhub.core.access import Principal
@@ -110,7 +110,7 @@ def _serve_workers(settings: Settings, zygote: Zygote | None) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the HTTP (DICOMweb) server on the configured archive."""
-    settings = _settings(args)
+    settings = serving(_settings(args))  # workers: 0 -> one per core
     zygote = _worker_zygote(settings)  # first: no thread, no connection yet
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -463,12 +463,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the archive server")
     serve.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
-    serve.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="HTTP worker processes (default 0: one per usable core, at most 4; 1: one "
+        "process serves)",
+    )
     serve.add_argument("--dimse-port", type=int, help="DICOM port (default 11112; 0 = off)")
     serve.add_argument(
         "--dimse-workers",
         type=int,
-        help="processes accepting DIMSE associations (default 1; e.g. one per core)",
+        help="DIMSE worker processes (default 0: one per usable core, at most 4; 1: the "
+        "main process serves)",
     )
     serve.add_argument("--ae-title", help="our AE title (default DICOMHUB)")
     serve.add_argument("--log-level", help="debug, info, warning, error")

@@ -95,7 +95,13 @@ class Settings(BaseSettings):
     qido_default_limit: int = Field(1000, description="QIDO-RS results when no limit is given.")
     qido_max_limit: int = Field(10000, description="Largest QIDO-RS limit accepted.")
     fsync: bool = Field(True, description="fsync every stored object before indexing it.")
-    workers: int = Field(1, description="HTTP worker processes.")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="HTTP worker processes of `dicomhub serve`; 0 (default): one per usable "
+        "CPU core, at most 4 (one process on a single core).",
+    )
     token_ttl: int = Field(3600, description="Lifetime of issued bearer tokens (s).")
     credential_cache_seconds: float = Field(
         1.0,
@@ -127,11 +133,12 @@ class Settings(BaseSettings):
     max_pdu: int = Field(262144, description="Largest P-DATA PDU we receive (bytes).")
     max_associations: int = Field(16, description="Concurrent DIMSE associations.")
     dimse_workers: int = Field(
-        1,
-        ge=1,
+        0,
+        ge=0,
         le=64,
         description="DIMSE worker processes: with more than 1 the main process hands each "
-        "association to the one with the fewest open associations.",
+        "association to the one with the fewest open associations; 0 (default): one per "
+        "usable CPU core, at most 4, in `dicomhub serve`.",
     )
     dimse_lean_storage: bool = Field(
         True,
@@ -161,6 +168,30 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+
+#: most worker processes of each kind `dicomhub serve` starts by itself (``0``: auto)
+AUTO_WORKERS_MAX = 4
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a container's
+    cpuset), not all the machine's."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def serving(settings: Settings) -> Settings:
+    """``settings`` as ``dicomhub serve`` runs them: ``workers`` and ``dimse_workers``
+    left at 0 become one per usable core, at most :data:`AUTO_WORKERS_MAX`.  Elsewhere
+    (an application built in-process, tests) 0 means one process."""
+    auto = min(usable_cores(), AUTO_WORKERS_MAX)
+    update = {name: auto for name in ("workers", "dimse_workers") if getattr(settings, name) == 0}
+    return settings.model_copy(update=update) if update else settings
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -212,3 +212,81 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def _pss_and_rss_kib(pid: int) -> tuple[int, int]:
+    values = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] in ("Pss:", "Rss:"):
+            values[parts[0]] = int(parts[1])
+    return values["Pss:"], values["Rss:"]
+
+
+def test_the_default_serves_with_one_worker_per_core_forked_from_the_zygote(
+    tmp_path: Path,
+) -> None:
+    """What came in: `dicomhub serve` with no worker options (DIMSE on).  It starts one
+    HTTP and one DIMSE worker per usable core (at most 4; none on one core), forked from
+    its zygote, so most of their memory is shared; a STOW-RS request and QIDO-RS are
+    served; SIGTERM stops every process."""
+    from dicomhub.config import AUTO_WORKERS_MAX, usable_cores
+
+    auto = min(usable_cores(), AUTO_WORKERS_MAX)
+    expected = auto if auto > 1 else 0
+    data, port = tmp_path / "data", free_port()
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicomhub.cli", "serve", "--data-dir", str(data),
+         "--http-port", str(port), "--dimse-port", str(free_port()), "--log-level", "info"],
+        env=dict(os.environ, DICOMHUB_FSYNC="false"),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _until(
+            lambda: (
+                len(re.findall(rb"worker \d+ \(pid \d+\) serving", log.read_bytes()))
+                == 2 * expected
+            ),
+            "the workers serve",
+        )
+        http_workers = worker_processes(proc.pid, "http")
+        dimse_workers = worker_processes(proc.pid, "dimse")
+        assert (len(http_workers), len(dimse_workers)) == (expected, expected)
+        zygote = 0
+        if expected:
+            zygote = int(Path(f"/proc/{http_workers[0]}/stat").read_text().split(")")[1].split()[1])
+            assert Path(f"/proc/{zygote}/comm").read_text().strip() == "dicomhub-zygote"
+            tree = [proc.pid, zygote, *http_workers, *dimse_workers]
+            pss, rss = map(sum, zip(*(_pss_and_rss_kib(p) for p in tree), strict=True))
+            assert pss < 0.6 * rss, (pss, rss)  # measured ~0.3: the modules are shared
+        out = subprocess.run(
+            [sys.executable, "-m", "dicomhub.cli", "token", "issue", "admin", "--data-dir",
+             str(data)],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        served = Served(proc, port, data, out.stdout.strip().splitlines()[-1])
+        conn = served.connect()
+        patient = f"DEFAULT-{uuid.uuid4().hex[:8]}"
+        body, ctype = _multipart([_copy(CT, generate_uid(), patient)])
+        status, raw = served.request(
+            conn, "POST", "/dicom-web/studies", body,
+            {"Content-Type": ctype, "Accept": "application/dicom+json"},
+        )  # fmt: skip
+        assert status == 200, raw[:300]
+        status, raw = served.request(
+            conn, "GET", f"/dicom-web/instances?PatientID={patient}",
+            headers={"Accept": "application/dicom+json"},
+        )  # fmt: skip
+        assert status == 200 and len(json.loads(raw)) == 1
+        conn.close()
+        workers = http_workers + dimse_workers + ([zygote] if expected else [])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        for pid in workers:
+            _until(lambda pid=pid: not Path(f"/proc/{pid}").exists() or _zombie(pid), "worker left")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

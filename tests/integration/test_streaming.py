@@ -74,6 +74,8 @@ def server_process(tmp_path: Path) -> Iterator[tuple[str, int]]:
             str(port),
             "--dimse-port",
             "0",
+            "--workers",  # one process: its VmHWM is the server's peak (not a balancer's)
+            "1",
             "--log-level",
             "warning",
         ],
