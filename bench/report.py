@@ -183,7 +183,10 @@ def markdown(results: dict[str, Any], metrics: list[Metric], servers: list[str])
                 static_lines.append(f"{s} {100 * wado.values[s] / static:.0f} %")
     n_small = p["qido_studies"] * p["per_study"]
     workers = ", ".join(
-        "1 worker (default)" if w == 1 else f"{w} HTTP workers and {w} DIMSE processes"
+        "one process (`--workers 1 --dimse-workers 1`, column `dicomhub`)"
+        if w == 1
+        else f"{w} HTTP and {w} DIMSE worker processes forked from a zygote (`--workers {w}`, "
+        f"column `dicomhub-w{w}`: the default, one per usable core, on {w} cores)"
         for w in p["dicomhub_workers"]
     )
     load = (
@@ -289,10 +292,15 @@ DCMTK storescu {v.get("storescu", "?")} |
 - **Big study.** A study of {p.get("big_gb", 2.0):g} GB or more in multi-frame
   instances (300 frames of 512×512 16-bit, ~157 MB each) sent by STOW-RS one instance per
   request, the body streamed from disk; then the whole study by WADO-RS, streamed and
-  counted; one run; MB/s of each, and the peak RSS of the servers right after (1 run, last
+  counted; one run; MB/s of each, and the servers' peak memory during it (1 run, last
   workload, so it is also the peak of the whole run).
-- **Memory.** Peak RSS (VmHWM from /proc, summed over a server's processes) after
-  all workloads.
+- **Memory.** Each server's memory is sampled every 0.25 s during the whole run: the
+  proportional set size (PSS, /proc/<pid>/smaps_rollup) summed over its processes —
+  a page shared by n processes counts 1/n in each, so the sum is what the server holds;
+  the peak over the big study carries the ≤300 MiB target, the peak over the run is
+  shown too.  Beside it, the kernel's peak RSS (VmHWM) summed over the processes: for a
+  single process about the same, for forked workers an overcount (every shared page
+  counted once per process).
 
 ## Results
 
@@ -319,9 +327,9 @@ from waiting on the disk or the client.
 ## Running it
 
 ```
-make bench                          # default run (~10 min on 2 cores)
+make bench                          # default run (~15 min on 2 cores, QIDO at 100k)
 make bench ARGS=--quick             # smoke run (~2 min)
-make bench ARGS="--workloads qido --workers 1 --qido-studies 20000"  # QIDO at 100k inst.
+make bench ARGS="--workloads stow,cstore"   # ingest only (~2 min)
 .venv/bin/python -m bench.run --help
 .venv/bin/python -m bench.report    # re-render this page from bench/results/latest.json
 .venv/bin/python -m bench.report --also bench/results/qido-100k.json   # … plus another run

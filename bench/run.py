@@ -75,7 +75,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.run", description=__doc__)
     p.add_argument("--quick", action="store_true", help="~2-minute smoke run")
     p.add_argument("--slices", type=int, help="CT slices (default 200)")
-    p.add_argument("--qido-studies", type=int, help="small studies (default 2000; quick 300)")
+    p.add_argument(
+        "--qido-studies",
+        type=int,
+        help="small studies (default 20000, i.e. 100k instances; quick 300)",
+    )
     p.add_argument("--per-study", type=int, default=5, help="instances per small study")
     p.add_argument("--runs", type=int, help="runs per workload (default 5; quick 3)")
     p.add_argument("--qido-runs", type=int, help="runs of the QIDO queries (default 3)")
@@ -113,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     quick = args.quick
     defaults: dict[str, Any] = {
         "slices": 200,
-        "qido_studies": 300 if quick else 2000,
+        "qido_studies": 300 if quick else 20000,  # x 5: the roadmap's >=100k instances
         "runs": 3 if quick else 5,
         "qido_runs": 3,
         "queries": 50 if quick else 200,
