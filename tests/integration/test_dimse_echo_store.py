@@ -128,10 +128,10 @@ def test_storescu_across_transfer_syntaxes(node: LiveNode) -> None:
 def test_storescu_objects_parsed_from_their_staged_file(
     node: LiveNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Objects above the in-memory parsing limit (here: every object) are staged, hashed
-    and parsed from their file instead: one per storescu syntax, each arrives as sent,
-    with the SHA-256 of its stored file in the index."""
-    monkeypatch.setattr(handlers, "PARSE_IN_MEMORY_MAX", 0)
+    """Data sets whose attributes go on past the first bytes kept in memory (here: 64
+    bytes kept, so every one) are parsed from their staged file instead: one per storescu
+    syntax, each arrives as sent, with the SHA-256 of its stored file in the index."""
+    monkeypatch.setattr(handlers, "STAGE_HEAD_BYTES", 64)
     failures: dict[str, list[str]] = {}
     for ts, cands in BY_STORESCU.items():
         cand = cands[0]

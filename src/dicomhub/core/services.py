@@ -132,6 +132,10 @@ class StoreService:
         one, so that the caller parses the object meanwhile (see :class:`StagedFile`)."""
         return self._beside(sha256_hex, content)
 
+    def sha256_of_parts(self, parts: Sequence[bytes | memoryview]) -> str | Future[str]:
+        """The SHA-256 of ``parts`` one after the other (hex), as :meth:`sha256_of`."""
+        return self._beside(sha256_hex, *parts)
+
     def _beside(self, fn: Callable[..., _T], *args: Any) -> _T | Future[_T]:
         """``fn(*args)`` on :attr:`executor` (a future), or here when there is none or it
         has been shut down (the archive is stopping)."""

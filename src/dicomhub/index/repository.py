@@ -7,6 +7,7 @@ SQL here so queries run on indexes (PS3.4 C.2.2.2, PS3.18 §8.3.4).
 
 from __future__ import annotations
 
+import collections
 import json
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -224,12 +225,14 @@ class SqlIndex:
         return self._default_owner
 
     def find_instance(self, sop_instance_uid: str, owner_pk: int) -> StoredInstance | None:
-        """Look up one instance by SOP Instance UID in an owner's namespace."""
+        """Look up one instance by SOP Instance UID in an owner's namespace.
+
+        Every C-STORE asks it before storing (is this a duplicate?): run on the driver's
+        cursor (:meth:`_run`), ~4x less CPU than through SQLAlchemy's execution, and
+        fewer interpreter-lock hand-offs on the association's critical path."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                _FIND_INSTANCE, {"b_sop": sop_instance_uid, "b_owner": owner_pk}
-            ).first()
-        return _stored(row) if row else None
+            rows = self._run(conn, _FIND_INSTANCE, {"b_sop": sop_instance_uid, "b_owner": owner_pk})
+        return _stored(_StoredRow._make(rows[0])) if rows else None
 
     def find_instances(
         self, sop_instance_uids: Sequence[str], owner_pk: int
@@ -1028,6 +1031,10 @@ def _stored(row: Any) -> StoredInstance:
 _FIND_INSTANCE = SqlIndex._stored_select().where(
     instances.c.sop_instance_uid == bindparam("b_sop"),
     instances.c.owner_pk == bindparam("b_owner"),
+)
+#: a row of _FIND_INSTANCE as the driver returns it (a tuple), by column name
+_StoredRow = collections.namedtuple(  # type: ignore[misc]
+    "_StoredRow", [str(c.key) for c in _FIND_INSTANCE.selected_columns]
 )
 _STUDY_PK = select(studies.c.pk).where(
     studies.c.owner_pk == bindparam("b_owner"),
