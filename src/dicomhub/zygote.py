@@ -136,6 +136,11 @@ class Zygote:
         if threading.active_count() > 1:
             log.warning("worker processes are started without sharing memory: threads run")
             return None
+        try:  # the main process watches forked workers through pidfds (Linux 5.3+)
+            os.close(os.pidfd_open(os.getpid()))
+        except (AttributeError, OSError) as exc:
+            log.warning("worker processes are started without sharing memory: %s", exc)
+            return None
         gc.collect()
         gc.freeze()  # shared pages stay shared: collections never touch these objects
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
