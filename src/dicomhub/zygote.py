@@ -43,6 +43,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 
@@ -198,13 +199,12 @@ class Zygote:
                 return
             self._control.close()
             self._control = None
-        deadline = timeout
-        while deadline > 0:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             done, _ = os.waitpid(self.pid, os.WNOHANG)
             if done:
                 return
-            threading.Event().wait(0.05)
-            deadline -= 0.05
+            time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)

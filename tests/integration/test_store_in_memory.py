@@ -1,10 +1,11 @@
-"""StoreService.store of an object whose bytes the edge still holds (StagedFile.content,
-the C-STORE path): parsed from memory, file hashed and native pixels digested on the
-store's threads, blob placed while the index transaction runs (PS3.4 B.2.2).
+"""StoreService.store of an object whose first bytes the edge kept (StagedFile.head, the
+C-STORE path): parsed from them, file hashed on the store's threads, blob placed while
+the index transaction runs (PS3.4 B.2.2).
 
 What came in: the CT and MR samples (Explicit VR Little Endian) and an RGB RLE sample, each
-staged as a file with its bytes in memory; once with the ingest-hash threads running and
-once after they were shut down (as while the archive stops): the same rows either way.
+staged as a file with its first STAGE_HEAD_BYTES kept; once with the ingest-hash threads
+running and once after they were shut down (as while the archive stops): the same rows
+either way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from conftest import SAMPLES
 from dicomhub.codecs import transcode
 from dicomhub.context import Context
 from dicomhub.core.model import StagedFile, Status
+from dicomhub.dimse import handlers
 from integration.dimse_helpers import CT_LE, MR_LE
 from integration.helpers import served_pixel_digest
 
@@ -30,7 +32,8 @@ def _stage(ctx: Context, source: Path) -> StagedFile:
     content = source.read_bytes()
     path = ctx.store.staging_dir() / f"{uuid.uuid4().hex}.part"
     shutil.copyfile(source, path)
-    return StagedFile(path, len(content), ctx.store.sha256_of(content), content)
+    head = content[: handlers.STAGE_HEAD_BYTES]
+    return StagedFile(path, len(content), ctx.store.sha256_of(content), head=head)
 
 
 @pytest.mark.parametrize("threads", ["running", "shut down"])

@@ -30,18 +30,15 @@ class StagedFile:
     """A received object written to local staging storage, not yet in the archive.
 
     ``digest`` is the SHA-256 of the file, or a future of it when the edge hashes on
-    another thread while the object is parsed (:attr:`sha256` waits for it).
-    ``content``, when the edge still holds them, are the file's bytes: the reader and the
-    pixel digest then work from memory instead of reading the file back.  ``head``, when
-    the edge kept them, are the file's first bytes (a STOW-RS part's): the reader walks
-    them and reads the file back only when the data set does not end within them
-    before a bulk value (its Pixel Data).
+    another thread while the object is parsed (:attr:`sha256` waits for it).  ``head``,
+    when the edge kept them, are the file's first bytes (a STOW-RS part's, a C-STORE data
+    set's): the reader walks them and reads the file back only when the data set does
+    not end within them before a bulk value (its Pixel Data).
     """
 
     path: Path
     size: int
     digest: str | Future[str]
-    content: bytes | None = None
     head: bytes | None = None
 
     @property
@@ -72,8 +69,6 @@ class ParsedInstance:
     original_transfer_syntax_uid: str | None = None
     original_planar_configuration: int | None = None
     has_pixel_data: bool = False  # top-level (Float/Double Float) Pixel Data
-    #: the pixel digest being computed on another thread (StoreService._settle waits)
-    pending: Future[None] | None = field(default=None, repr=False, compare=False)
 
 
 BULK_BASE = "@@DICOMHUB_BASE@@"

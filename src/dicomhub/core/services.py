@@ -127,13 +127,10 @@ class StoreService:
         #: threads for hashing beside the caller (hashlib releases the GIL), if any
         self.executor = executor
 
-    def sha256_of(self, content: bytes) -> str | Future[str]:
-        """The SHA-256 of ``content`` (hex): computed on :attr:`executor` when there is
-        one, so that the caller parses the object meanwhile (see :class:`StagedFile`)."""
-        return self._beside(sha256_hex, content)
-
-    def sha256_of_parts(self, parts: Sequence[bytes | memoryview]) -> str | Future[str]:
-        """The SHA-256 of ``parts`` one after the other (hex), as :meth:`sha256_of`."""
+    def sha256_of(self, *parts: bytes | memoryview) -> str | Future[str]:
+        """The SHA-256 of ``parts`` one after the other (hex): computed on
+        :attr:`executor` when there is one, so that the caller parses the object
+        meanwhile (see :class:`StagedFile`)."""
         return self._beside(sha256_hex, *parts)
 
     def _beside(self, fn: Callable[..., _T], *args: Any) -> _T | Future[_T]:
@@ -294,8 +291,6 @@ class StoreService:
             else:
                 placed.append(r)
         try:
-            for r in placed:
-                self._settle(r.parsed)
             self.index.add_instances(
                 [IndexedInstance(r.parsed, r.staged, r.key, r.owner) for r in placed]
             )
@@ -357,7 +352,7 @@ class StoreService:
     ) -> StoreOutcome | tuple[ParsedInstance, StagedFile, StoreOutcome]:
         """Parse and check one object, record its pixel digest and apply the ingest
         policy: a failed outcome, or what to store (``staged`` may be a transcoded copy)."""
-        parsed = self.reader.read(staged.path, staged.content, staged.head, staged.size)
+        parsed = self.reader.read(staged.path, head=staged.head, size=staged.size)
         outcome = StoreOutcome(
             status=Status.SUCCESS,
             sop_class_uid=parsed.sop_class_uid,
@@ -390,8 +385,7 @@ class StoreService:
                 planar = self.pixels.deferred_digest_planar(
                     staged.path,
                     parsed,
-                    staged.content,
-                    (staged.head, staged.size) if staged.head is not None else None,
+                    head=(staged.head, staged.size) if staged.head is not None else None,
                 )
                 if planar is not None:
                     # stored as received, and its pixel digest is the SHA-256 of stored
@@ -401,16 +395,6 @@ class StoreService:
                         original[1] if original[0] and original[1] is not None else planar
                     )
                     return parsed, staged, outcome
-            if (
-                staged.content is not None
-                and parsed.transfer_syntax_uid in NATIVE_LITTLE_ENDIAN
-                and not self._should_transcode(parsed.transfer_syntax_uid)
-            ):
-                # native pixels are a hash of bytes in memory: done beside the caller
-                # while the index is consulted (_settle waits before the digest is used)
-                pending = self._beside(self._record_digest, staged, parsed, original)
-                parsed.pending = pending if isinstance(pending, Future) else None
-                return parsed, staged, outcome
             self._record_digest(staged, parsed, original)
             if parsed.pixel_digest is not None and self._should_transcode(
                 parsed.transfer_syntax_uid
@@ -423,19 +407,11 @@ class StoreService:
     ) -> None:
         """Set the pixel digest and the original Planar Configuration of ``parsed``."""
         assert self.pixels is not None
-        digest, planar = self.pixels.pixel_digest(staged.path, parsed, staged.content)
+        digest, planar = self.pixels.pixel_digest(staged.path, parsed)
         parsed.pixel_digest = digest
         parsed.original_planar_configuration = (
             original[1] if original[0] and original[1] is not None else planar
         )
-
-    @staticmethod
-    def _settle(parsed: ParsedInstance) -> None:
-        """Wait for the pixel digest of ``parsed`` if it is still being computed (its
-        failure is the store's)."""
-        if parsed.pending is not None:
-            pending, parsed.pending = parsed.pending, None
-            pending.result()
 
     def _should_transcode(self, transfer_syntax_uid: str) -> bool:
         """Ingest policy: re-encode native and lossless encodings only (never lossy ones)."""
@@ -480,9 +456,6 @@ class StoreService:
     ) -> StoreOutcome:
         owner = self._owner(parsed.study_instance_uid, access, owners)
         existing = self.index.find_instance(parsed.sop_instance_uid, owner)
-        # the pixel digest (computed meanwhile) may read the staged file: done before the
-        # file moves, and before a duplicate is judged
-        self._settle(parsed)
         if existing is not None:
             return self._duplicate(existing, parsed, staged, outcome, owner)
         key = storage_key(

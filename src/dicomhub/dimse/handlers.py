@@ -435,7 +435,7 @@ class DimseHandlers:
                 break
             head.append(bytes(part[:need]))
             need -= len(head[-1])
-        return size, b"".join(head), self.ctx.store.sha256_of_parts(parts)
+        return size, b"".join(head), self.ctx.store.sha256_of(*parts)
 
     @staticmethod
     def _status(code: int, comment: str = "") -> Dataset:
