@@ -768,6 +768,15 @@ class Bench:
                         pss.runs[srv.name] = [pss.values[srv.name]]
                 self.attempt(srv, "delete big study", srv.delete_study, s, study)
         shutil.rmtree(self.tmp / "data" / "big", ignore_errors=True)
+        if self.sampler is not None:
+            by_process = {
+                name: {k: round(v, 1) for k, v in sorted(procs.items())}
+                for name, procs in self.sampler.window_by_process.items()
+            }
+            self.extra["big_pss_by_process_mib"] = by_process
+            for name, procs in by_process.items():
+                parts = ", ".join(f"{k} {v:.0f}" for k, v in procs.items())
+                log(f"{name} at its peak PSS (MiB): {parts}")
         log(
             "big study: "
             + ", ".join(
@@ -891,6 +900,8 @@ class MemorySampler:
         self.interval = interval
         self.peak: dict[str, float] = {}
         self.window: dict[str, float] = {}
+        #: PSS by process name at each server's peak of the window (where memory goes)
+        self.window_by_process: dict[str, dict[str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
@@ -905,15 +916,19 @@ class MemorySampler:
         """Start a new window (e.g. one workload); :attr:`window` holds its peaks."""
         self.sample()
         self.window = {}
+        self.window_by_process = {}
         self.sample()
 
     def sample(self) -> None:
         for srv in self.servers:
             if srv.proc is None or srv.proc.poll() is not None:
                 continue
-            mib = srv.pss_mib()
+            by_process = srv.pss_by_process()
+            mib = sum(by_process.values())
             self.peak[srv.name] = max(self.peak.get(srv.name, 0.0), mib)
-            self.window[srv.name] = max(self.window.get(srv.name, 0.0), mib)
+            if mib > self.window.get(srv.name, 0.0):
+                self.window[srv.name] = mib
+                self.window_by_process[srv.name] = by_process
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -236,6 +236,24 @@ class Server:
         any other) counted once in all (PSS summed), in MiB."""
         return sum(_pss_kib(p) for p in self.pids()) / 1024
 
+    def pss_by_process(self) -> dict[str, float]:
+        """PSS in MiB by process name (``/proc/<pid>/comm``: ``dicomhub-http``,
+        ``dicomhub-dimse``, ...), processes of the same name summed; the name carries
+        ``×n`` when n processes share it."""
+        kib: dict[str, int] = {}
+        count: dict[str, int] = {}
+        for pid in self.pids():
+            try:
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            kib[name] = kib.get(name, 0) + _pss_kib(pid)
+            count[name] = count.get(name, 0) + 1
+        return {
+            (f"{name} ×{count[name]}" if count[name] > 1 else name): v / 1024
+            for name, v in kib.items()
+        }
+
     def rss_mib(self) -> float:
         """Current resident set size summed over the process tree, in MiB."""
         return sum(_status_kib(p, "VmRSS") for p in self.pids()) / 1024

@@ -115,8 +115,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from dicomhub.memory import HeapTrimmer
+
     try:
-        return _serve(settings, zygote)
+        # after the zygote's fork (it must see no thread): freed heap goes back
+        with HeapTrimmer():
+            return _serve(settings, zygote)
     finally:
         if zygote is not None:
             zygote.close()

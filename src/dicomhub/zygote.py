@@ -59,7 +59,9 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def set_process_name(name: str) -> None:
-    """The name ``ps -o comm``, ``top`` and /proc/<pid>/comm show (15 bytes at most)."""
+    """The name ``ps -o comm``, ``top`` and /proc/<pid>/comm show (15 bytes at most);
+    called on another thread than the main one, that thread's name
+    (/proc/<pid>/task/<tid>/comm)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)

@@ -10,6 +10,7 @@ of the server.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -214,6 +215,14 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+def _thread_names(pid: int) -> list[str]:
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            names.append((task / "comm").read_text().strip())
+    return names
+
+
 def _pss_and_rss_kib(pid: int) -> tuple[int, int]:
     values = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -228,8 +237,9 @@ def test_the_default_serves_with_one_worker_per_core_forked_from_the_zygote(
 ) -> None:
     """What came in: `dicomhub serve` with no worker options (DIMSE on).  It starts one
     HTTP and one DIMSE worker per usable core (at most 4; none on one core), forked from
-    its zygote, so most of their memory is shared; a STOW-RS request and QIDO-RS are
-    served; SIGTERM stops every process."""
+    its zygote, so most of their memory is shared; every serving process (main and
+    workers) runs the heap trimmer thread; a STOW-RS request and QIDO-RS are served;
+    SIGTERM stops every process."""
     from dicomhub.config import AUTO_WORKERS_MAX, usable_cores
 
     auto = min(usable_cores(), AUTO_WORKERS_MAX)
@@ -261,6 +271,12 @@ def test_the_default_serves_with_one_worker_per_core_forked_from_the_zygote(
             tree = [proc.pid, zygote, *http_workers, *dimse_workers]
             pss, rss = map(sum, zip(*(_pss_and_rss_kib(p) for p in tree), strict=True))
             assert pss < 0.6 * rss, (pss, rss)  # measured ~0.3: the modules are shared
+        # every serving process gives freed heap back to the kernel (dicomhub.memory);
+        # the zygote only forks, it has no thread
+        for pid in [proc.pid, *http_workers, *dimse_workers]:
+            _until(lambda pid=pid: "heap-trimmer" in _thread_names(pid), f"trimmer in {pid}")
+        if expected:
+            assert _thread_names(zygote) == ["dicomhub-zygote"]
         out = subprocess.run(
             [sys.executable, "-m", "dicomhub.cli", "token", "issue", "admin", "--data-dir",
              str(data)],

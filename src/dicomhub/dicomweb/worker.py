@@ -24,6 +24,7 @@ from dicomhub.config import Settings, worker_logging, worker_start
 from dicomhub.context import build_context, freeze_heap
 from dicomhub.dicomweb.app import create_app
 from dicomhub.dicomweb.protocol import BodyProtocol
+from dicomhub.memory import HeapTrimmer
 
 #: Environment variable carrying the settings (JSON) to HTTP worker processes.
 WORKER_SETTINGS_ENV = "DICOMHUB_HTTP_WORKER_SETTINGS"
@@ -117,6 +118,7 @@ def run(channel: int, settings: Settings) -> int:
     server = uvicorn.Server(config)
     freeze_heap()
     with (
+        HeapTrimmer(),  # what a burst of requests freed goes back to the kernel
         asyncio.Runner(loop_factory=config.get_loop_factory()) as runner,
         contextlib.suppress(KeyboardInterrupt),
     ):

@@ -17,6 +17,7 @@ import threading
 from dicomhub.config import Settings, worker_logging, worker_start
 from dicomhub.context import build_context, freeze_heap
 from dicomhub.dimse.server import WORKER_SETTINGS_ENV, DimseServer
+from dicomhub.memory import HeapTrimmer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,11 +40,13 @@ def run(channel: int, settings: Settings) -> int:
     server = DimseServer(ctx, channel=channel)
     server.start()
     freeze_heap()
+    trimmer = HeapTrimmer().start()  # what a burst of associations freed goes back
     try:
         while not stop.wait(0.5):
             if server.stopping.is_set():  # the main process is gone
                 break
     finally:
+        trimmer.stop()
         server.stop()
         ctx.close()
     return 0
