@@ -101,11 +101,6 @@ class SqlAccessStore:
         except IntegrityError:
             raise Conflict(f"a principal named '{name}' already exists") from None
 
-    def _select_principal(self) -> Any:
-        return select(principals, subscribers.c.name.label("subscriber_name")).select_from(
-            principals.outerjoin(subscribers, subscribers.c.pk == principals.c.subscriber_pk)
-        )
-
     @staticmethod
     def _record(row: Any) -> PrincipalRecord:
         return PrincipalRecord(
@@ -130,21 +125,18 @@ class SqlAccessStore:
 
     def principal_by_pk(self, pk: int) -> PrincipalRecord | None:
         with self.engine.connect() as conn:
-            row = conn.execute(self._select_principal().where(principals.c.pk == pk)).first()
+            row = conn.execute(_PRINCIPAL_BY_PK, {"b_pk": pk}).first()
         return self._record(row) if row else None
 
     def devices_with_ae(self, ae_title: str) -> list[PrincipalRecord]:
+        """Devices whose AE titles include ``ae_title`` (asked at every association: a
+        statement built once, its LIKE pattern bound; the exact match is made here)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                self._select_principal().where(
-                    principals.c.kind == Kind.DEVICE.value,
-                    principals.c.ae_titles.like(f"%{ae_title}%"),
-                )
-            ).all()
+            rows = conn.execute(_DEVICES_BY_AE, {"b_pattern": f"%{ae_title}%"}).all()
         return [r for r in (self._record(x) for x in rows) if ae_title in r.ae_titles]
 
     def principal_list(self, subscriber_pk: int | None) -> list[PrincipalRecord]:
-        stmt = self._select_principal().order_by(principals.c.name)
+        stmt = _PRINCIPAL.order_by(principals.c.name)
         if subscriber_pk is not None:
             stmt = stmt.where(principals.c.subscriber_pk == subscriber_pk)
         with self.engine.connect() as conn:
@@ -363,9 +355,12 @@ class SqlAccessStore:
 
 
 _AUDIT_INSERT = insert(audit_events)
-_PRINCIPAL_BY_NAME = (
-    select(principals, subscribers.c.name.label("subscriber_name"))
-    .select_from(principals.outerjoin(subscribers, subscribers.c.pk == principals.c.subscriber_pk))
-    .where(principals.c.name == bindparam("b_name"))
+_PRINCIPAL = select(principals, subscribers.c.name.label("subscriber_name")).select_from(
+    principals.outerjoin(subscribers, subscribers.c.pk == principals.c.subscriber_pk)
+)
+_PRINCIPAL_BY_NAME = _PRINCIPAL.where(principals.c.name == bindparam("b_name"))
+_PRINCIPAL_BY_PK = _PRINCIPAL.where(principals.c.pk == bindparam("b_pk"))
+_DEVICES_BY_AE = _PRINCIPAL.where(
+    principals.c.kind == Kind.DEVICE.value, principals.c.ae_titles.like(bindparam("b_pattern"))
 )
 _TOKEN_REVOKED = select(revoked_tokens.c.jti).where(revoked_tokens.c.jti == bindparam("b_jti"))
