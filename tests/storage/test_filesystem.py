@@ -128,3 +128,29 @@ def test_put_file_async_places_durably_or_reports_the_error(tmp_path: Path) -> N
         assert not store.exists("blocked/x.dcm")
     finally:
         store.close()
+
+
+def test_a_directory_pruned_by_another_process_is_made_again(tmp_path: Path) -> None:
+    """What came in: store A placed an object in a directory (and remembers it); store B
+    on the same root (another worker process) deleted that object, pruning the now empty
+    directory; A then places another object there — it is stored, not lost."""
+    a, b = FileSystemBlobStore(tmp_path), FileSystemBlobStore(tmp_path)
+    a.put_file("1/ab/study/series/first.dcm", staged(a, b"first"))
+    b.delete("1/ab/study/series/first.dcm")
+    assert not (tmp_path / "objects" / "1").exists()
+    a.put_file("1/ab/study/series/second.dcm", staged(a, b"second"))
+    assert a.local_path("1/ab/study/series/second.dcm").read_bytes() == b"second"
+    # and the same store's own delete forgets the directories it pruned
+    a.delete("1/ab/study/series/second.dcm")
+    assert a.put_files([("1/ab/study/series/third.dcm", staged(a, b"third"))]) == [None]
+    assert b.local_path("1/ab/study/series/third.dcm").read_bytes() == b"third"
+
+
+def test_placing_a_staged_file_that_is_gone_fails(tmp_path: Path) -> None:
+    """What came in: a placement of a staged file that does not exist (removed before it
+    was placed): the error is reported, no directory retry hides it."""
+    store = FileSystemBlobStore(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        store.put_file("1/ab/s/se/gone.dcm", store.staging_dir() / "gone.part", fsync=False)
+    errors = store.put_files([("1/ab/s/se/gone.dcm", store.staging_dir() / "gone.part")])
+    assert isinstance(errors[0], FileNotFoundError)

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import logging
 import re
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from dicomhub.core.ports import (
     PixelCodec,
 )
 from dicomhub.core.query import Query
+from dicomhub.core.staging import staging_name
 from dicomhub.core.syntaxes import ELE, LOSSLESS_SOURCES
 
 log = logging.getLogger(__name__)
@@ -428,7 +428,7 @@ class StoreService:
         """Re-encode a received object in the ingest syntax, verified against its pixel
         digest; on any problem the object is stored as received (nothing is lost)."""
         assert self.pixels is not None and self.ingest_transfer_syntax is not None
-        out = self.blobs.staging_dir() / f"{uuid.uuid4().hex}.part"
+        out = Path(staging_name(str(self.blobs.staging_dir())))
         try:
             transcoded = self.pixels.transcode_file(
                 staged.path, self.ingest_transfer_syntax, out, expected_digest=parsed.pixel_digest

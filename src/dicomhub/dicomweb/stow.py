@@ -15,10 +15,8 @@ import contextlib
 import ctypes
 import functools
 import hashlib
-import itertools
 import logging
 import os
-import secrets
 import sys
 import threading
 from collections.abc import Callable
@@ -38,6 +36,7 @@ from dicomhub.core.errors import (
     UnsupportedMediaType,
 )
 from dicomhub.core.model import ReceivedObject, StagedFile, Status, StoreOutcome
+from dicomhub.core.staging import staging_name
 from dicomhub.core.syntaxes import LOSSLESS_SOURCES
 from dicomhub.dicomweb.deps import BaseURL, Ctx, WriteAccess
 from dicomhub.dicomweb.multipart import (
@@ -200,22 +199,6 @@ _SYNC_FILE_RANGE = _sync_file_range()
 SYNC_FILE_RANGE_WRITE = 2
 
 
-#: staging file names: unique to this process (its ID and a random prefix, renewed in a
-#: forked child) and then a counter, so that naming a part costs neither a system call
-#: nor a UUID on the event loop
-_names: tuple[int, str, itertools.count[int]] = (0, "", itertools.count())
-
-
-def _staging_name(staging: str | Path) -> str:
-    """A new staging file path in ``staging`` (created later with O_EXCL)."""
-    global _names
-    pid, prefix, counter = _names
-    if pid != os.getpid():
-        pid = os.getpid()
-        _names = pid, prefix, counter = pid, f"{pid:x}-{secrets.token_hex(6)}-", itertools.count()
-    return f"{staging}/{prefix}{next(counter)}.part"
-
-
 class _Part:
     """One body part; its staging file is created, written and hashed by a _Writer."""
 
@@ -241,7 +224,7 @@ class _Part:
         self.path: str | None = None
         self.fd: int | None = None
         if self.accepted:
-            self.path = _staging_name(staging)
+            self.path = staging_name(str(staging))
 
     def open(self) -> None:
         """Create the staging file: a new file of its own (O_EXCL), written unbuffered

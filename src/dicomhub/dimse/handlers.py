@@ -20,7 +20,6 @@ import socket
 import struct
 import threading
 import time
-import uuid
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -49,6 +48,7 @@ from dicomhub.core.dicomjson import row_to_json
 from dicomhub.core.errors import CannotTranscode, DicomhubError, InvalidRequest, Unauthorized
 from dicomhub.core.model import StagedFile, StoredInstance
 from dicomhub.core.query import parse_find
+from dicomhub.core.staging import staging_name
 from dicomhub.dimse import reactor
 from dicomhub.dimse import status as st
 
@@ -199,6 +199,7 @@ class DimseHandlers:
         self.ae_title = ae_title
         self._principals: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
         self._sessions: weakref.WeakKeyDictionary[Any, _StoreSession] = weakref.WeakKeyDictionary()
+        self._staging = str(ctx.store.staging_dir())
 
     def bindings(self) -> list[tuple[Any, Any]]:
         """``evt_handlers`` for ``AE.start_server``."""
@@ -371,7 +372,7 @@ class DimseHandlers:
             if peer.principal is None:  # cannot happen: unauthenticated ones are rejected
                 raise Unauthorized("association not authenticated")
             access = peer.principal.scope
-        name = str(self.ctx.store.staging_dir() / f"{uuid.uuid4().hex}.part")
+        name = staging_name(self._staging)
         try:
             head = part10_header(sop_class, sop_instance, transfer_syntax, calling)
             size, kept, digest = self._stage(name, [head, *fragments])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +26,8 @@ CHUNK = 1 << 20
 PRESYNC_THREADS = 4
 #: Pending early fsyncs kept before finished ones of files never placed are dropped.
 _PRESYNC_SWEEP = 256
+#: Object directories remembered as existing (then forgotten all at once).
+_DIRS_KEPT = 4096
 
 
 class FileSystemBlobStore:
@@ -41,10 +43,13 @@ class FileSystemBlobStore:
         self._place_pool: ThreadPoolExecutor | None = None
         self._presynced: dict[Path, Future[None]] = {}
         self._presync_lock = threading.Lock()
+        self._objects = str(self.objects)
+        #: object directories this process made or found (bounded): a placement into
+        #: one skips mkdir; one pruned meanwhile (delete) is made again (_move_in)
+        self._dirs: set[str] = set()
 
     def _path(self, key: str) -> Path:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"invalid storage key {key!r}")
+        _check_key(key)
         return self.objects / key
 
     def staging_dir(self) -> Path:
@@ -87,9 +92,9 @@ class FileSystemBlobStore:
 
     def put_file(self, key: str, source: Path, *, fsync: bool = True) -> None:
         """Move ``source`` into place durably: fsync file, rename, fsync directory."""
-        target = self._move_in(key, source, fsync)
+        directory = self._move_in(key, source, fsync)
         if fsync:
-            _fsync(target.parent)
+            _fsync(directory)
 
     def put_file_async(self, key: str, source: Path, *, fsync: bool = True) -> Future[None]:
         """:meth:`put_file` on threads of the store's own (not those of :meth:`presync`,
@@ -123,15 +128,15 @@ class FileSystemBlobStore:
         source is then left in staging for the caller to remove).
         """
         errors: list[OSError | None] = []
-        dirs: dict[Path, list[int]] = {}  # also: the directories made (mkdir once each)
+        dirs: dict[str, list[int]] = {}
         for i, (key, source) in enumerate(items):
             try:
-                target = self._move_in(key, source, fsync, dirs)
+                directory = self._move_in(key, source, fsync)
             except OSError as exc:
                 errors.append(exc)
                 continue
             errors.append(None)
-            dirs.setdefault(target.parent, []).append(i)
+            dirs.setdefault(directory, []).append(i)
         if fsync:
             for directory, moved in dirs.items():
                 try:
@@ -141,20 +146,37 @@ class FileSystemBlobStore:
                         errors[i] = exc
         return errors
 
-    def _move_in(self, key: str, source: Path, fsync: bool, made: Container[Path] = ()) -> Path:
-        """fsync ``source`` (if asked) and rename it to ``key``'s path; that path.
-        ``made``: directories the caller knows exist (not created again)."""
-        target = self._path(key)
-        if target.parent not in made:
-            target.parent.mkdir(parents=True, exist_ok=True)
+    def _move_in(self, key: str, source: Path, fsync: bool) -> str:
+        """fsync ``source`` (if asked) and rename it to ``key``'s path; that path's
+        directory.  Paths as strings and known directories not made again: this runs
+        for every stored object (C-STORE: on the association's critical path)."""
+        _check_key(key)
+        target = f"{self._objects}/{key}"
+        directory = target.rpartition("/")[0]
+        if directory not in self._dirs:
+            self._make_dir(directory)
         with self._presync_lock:
             early = self._presynced.pop(source, None)
         if early is not None:
             early.result()  # its OSError is ours
         elif fsync:
             _fsync(source)
-        os.replace(source, target)
-        return target
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            if not os.path.exists(source):
+                raise
+            # the directory was pruned meanwhile (its last object deleted, perhaps by
+            # another process): made again
+            self._make_dir(directory)
+            os.replace(source, target)
+        return directory
+
+    def _make_dir(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        if len(self._dirs) >= _DIRS_KEPT:
+            self._dirs.clear()
+        self._dirs.add(directory)
 
     def open(self, key: str) -> Iterator[bytes]:
         """Stream the object in 1 MiB chunks."""
@@ -195,6 +217,7 @@ class FileSystemBlobStore:
                 parent.rmdir()
             except OSError:
                 break
+            self._dirs.discard(str(parent))
             parent = parent.parent
 
     def exists(self, key: str) -> bool:
@@ -206,7 +229,13 @@ class FileSystemBlobStore:
         return self._path(key).stat().st_size
 
 
-def _fsync(path: Path) -> None:
+def _check_key(key: str) -> None:
+    """A key is relative and never climbs out of the root."""
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise ValueError(f"invalid storage key {key!r}")
+
+
+def _fsync(path: str | Path) -> None:
     """fsync a file or a directory (a directory: the names in it are durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
