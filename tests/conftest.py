@@ -144,6 +144,13 @@ def ctx(tmp_path: Path, database: tuple[str, str | None]) -> Iterator[Context]:
     context.close()
 
 
+def staged_files(data_dir: Path) -> list[Path]:
+    """Files in the archive's staging area (in its per-process subdirectories too):
+    uploads received but not (yet) placed; empty once every store has finished."""
+    staging = data_dir / "storage" / "staging"
+    return sorted(p for p in staging.rglob("*") if p.is_file()) if staging.exists() else []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from conftest import MANIFEST, LiveNode, Sample, free_port
+from conftest import MANIFEST, LiveNode, Sample, free_port, staged_files
 from integration.helpers import split_multipart, stow_body
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -232,7 +232,7 @@ def stored_files(node: LiveNode) -> list[Path]:
 
 
 def staging_files(node: LiveNode) -> list[Path]:
-    return sorted((node.ctx.settings.data_dir / "storage" / "staging").iterdir())
+    return staged_files(node.ctx.settings.data_dir)
 
 
 # -- comparison ------------------------------------------------------------------------------

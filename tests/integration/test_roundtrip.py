@@ -24,7 +24,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 
-from conftest import MANIFEST, LiveServer, Sample, http, make_settings
+from conftest import MANIFEST, LiveServer, Sample, http, make_settings, staged_files
 from dicomhub.context import build_context
 from integration.helpers import expected_frame, frame_array, split_multipart, stow_body, uid
 
@@ -276,4 +276,4 @@ def test_unstorable_samples_fail_cleanly(server: LiveServer, sample: Sample) -> 
     assert "warning" in r.headers
     assert server.ctx.index.count_instances() == 0
     assert not list((server.ctx.settings.data_dir / "storage").rglob("*.dcm"))
-    assert not list((server.ctx.settings.data_dir / "storage" / "staging").iterdir())
+    assert not staged_files(server.ctx.settings.data_dir)

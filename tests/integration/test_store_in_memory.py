@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLES
+from conftest import SAMPLES, staged_files
 from dicomhub.codecs import transcode
 from dicomhub.context import Context
 from dicomhub.core.model import StagedFile, Status
@@ -52,4 +52,4 @@ def test_store_from_memory(ctx: Context, threads: str) -> None:
         assert placed == source.read_bytes()
         assert stored.sha256 == hashlib.sha256(placed).hexdigest()
         assert served_pixel_digest(ctx, stored) == transcode.pixel_digest(source)
-    assert list(ctx.store.staging_dir().iterdir()) == []
+    assert staged_files(ctx.settings.data_dir) == []

@@ -18,7 +18,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from conftest import SAMPLES, LiveServer, http, make_settings
+from conftest import SAMPLES, LiveServer, http, make_settings, staged_files
 from dicomhub.config import DuplicatePolicy
 from dicomhub.context import build_context
 from integration.helpers import stow_body, uid
@@ -44,7 +44,7 @@ def stored_files(srv: LiveServer) -> list[Path]:
 def assert_nothing_stored(srv: LiveServer) -> None:
     assert srv.ctx.index.count_instances() == 0
     assert stored_files(srv) == []
-    assert list((srv.ctx.settings.data_dir / "storage" / "staging").iterdir()) == []
+    assert staged_files(srv.ctx.settings.data_dir) == []
 
 
 def failure_reasons(r: requests.Response) -> list[int]:
@@ -390,9 +390,8 @@ def test_client_leaving_mid_body_leaves_nothing(server: LiveServer, sent: float)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head + body[: int(len(body) * sent)])
         time.sleep(0.3)  # the server has written what came
-    staging = server.ctx.settings.data_dir / "storage" / "staging"
     deadline = time.monotonic() + 10
-    while any(staging.iterdir()) and time.monotonic() < deadline:
+    while staged_files(server.ctx.settings.data_dir) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert_nothing_stored(server)
     r = post(server, body, ctype)
@@ -476,5 +475,4 @@ def test_one_request_mixing_new_known_and_conflicting_objects(
         f"{server.url}/studies/{ct_study}/series?SeriesInstanceUID={series_uid}", timeout=10
     ).json()[0]
     assert series["00201209"]["Value"] == [3]  # NumberOfSeriesRelatedInstances
-    staging = server.ctx.settings.data_dir / "storage" / "staging"
-    assert list(staging.iterdir()) == []
+    assert staged_files(server.ctx.settings.data_dir) == []

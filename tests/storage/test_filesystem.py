@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,49 @@ def test_placing_a_staged_file_that_is_gone_fails(tmp_path: Path) -> None:
         store.put_file("1/ab/s/se/gone.dcm", store.staging_dir() / "gone.part", fsync=False)
     errors = store.put_files([("1/ab/s/se/gone.dcm", store.staging_dir() / "gone.part")])
     assert isinstance(errors[0], FileNotFoundError)
+
+
+def test_each_process_stages_in_subdirectories_of_its_own(tmp_path: Path) -> None:
+    """What came in: files staged and placed over three staging periods (the store's
+    rotation interval shortened to 0 s), one file still staged when its directory's
+    period ended, a leftover of a stopped server in an old subdirectory.  Each period
+    has its own subdirectory of staging/ (named after the process); emptied ones are
+    removed at the next rotation, one still holding a file is kept until it is empty;
+    clear_staging removes the leftover and the emptied directories."""
+    store = FileSystemBlobStore(tmp_path)
+    staging = tmp_path / "staging"
+    store._staging_until = 0.0
+    first = store.staging_dir()
+    assert first.parent == staging and first.name.startswith(f"{os.getpid():x}-")
+    (first / "a.part").write_bytes(b"a")
+    store.put_file("k/a.dcm", first / "a.part", fsync=False)
+    pending = first / "b.part"
+    pending.write_bytes(b"b")  # not placed yet when the period ends
+    store._staging_until = 0.0
+    second = store.staging_dir()
+    assert second != first and second.parent == staging
+    assert store.staging_dir() == second  # within its period: the same directory
+    assert first.exists()  # still holds b.part
+    store.put_file("k/b.dcm", pending, fsync=False)
+    store._staging_until = 0.0
+    third = store.staging_dir()
+    assert not first.exists() and not second.exists()  # emptied: removed
+    assert sorted(p.name for p in staging.iterdir()) == [third.name]
+    leftover = staging / "old-subdir" / "cut-short.part"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"partial")
+    assert store.clear_staging() == 1
+    assert not leftover.parent.exists()
+    assert store.local_path("k/b.dcm").read_bytes() == b"b"
+
+
+def test_staging_is_marked_a_top_directory_where_the_filesystem_can(tmp_path: Path) -> None:
+    """What came in: a store on this machine's filesystem.  Where ext4's flags are
+    supported (lsattr works), staging/ carries the top-directory flag (T), so its
+    subdirectories are spread over the block groups."""
+    FileSystemBlobStore(tmp_path)
+    out = subprocess.run(["lsattr", "-d", str(tmp_path / "staging")], capture_output=True)
+    if out.returncode != 0:
+        pytest.skip(f"no inode flags on this filesystem: {out.stderr.decode().strip()}")
+    flags = out.stdout.split()[0].decode()
+    assert "T" in flags, flags

@@ -199,7 +199,6 @@ class DimseHandlers:
         self.ae_title = ae_title
         self._principals: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
         self._sessions: weakref.WeakKeyDictionary[Any, _StoreSession] = weakref.WeakKeyDictionary()
-        self._staging = str(ctx.store.staging_dir())
 
     def bindings(self) -> list[tuple[Any, Any]]:
         """``evt_handlers`` for ``AE.start_server``."""
@@ -372,7 +371,7 @@ class DimseHandlers:
             if peer.principal is None:  # cannot happen: unauthenticated ones are rejected
                 raise Unauthorized("association not authenticated")
             access = peer.principal.scope
-        name = staging_name(self._staging)
+        name = staging_name(str(self.ctx.store.staging_dir()))
         try:
             head = part10_header(sop_class, sop_instance, transfer_syntax, calling)
             size, kept, digest = self._stage(name, [head, *fragments])
