@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,8 +44,28 @@ class _BearerAuth(requests.auth.AuthBase):
         return r
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port that is free on all interfaces (Orthanc binds 0.0.0.0)."""
+    """A TCP port that is free on all interfaces (Orthanc binds 0.0.0.0), below the
+    ephemeral range: a port the kernel handed out for binding to port 0 can be taken by
+    the local end of an outgoing connection (the bench's own clients) before the server
+    binds it (seen: "Address already in use" at a server's start)."""
+    low = min(_ephemeral_low(), 32768)
+    for _ in range(200):
+        port = random.randrange(max(low - 12000, 1024), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
         return int(s.getsockname()[1])
