@@ -58,8 +58,9 @@ def free_port() -> int:
     the local end of an outgoing connection (the bench's own clients) before the server
     binds it (seen: "Address already in use" at a server's start)."""
     low = min(_ephemeral_low(), 32768)
-    for _ in range(200):
-        port = random.randrange(max(low - 12000, 1024), low)
+    first = max(low - 12000, 1024)
+    for _ in range(200 if first < low else 0):  # none below the range: as the kernel says
+        port = random.randrange(first, low)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("", port))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dicomhub.core.errors import NotFound
+from dicomhub.storage import filesystem
 from dicomhub.storage.filesystem import FileSystemBlobStore
 
 
@@ -158,13 +159,17 @@ def test_placing_a_staged_file_that_is_gone_fails(tmp_path: Path) -> None:
     assert isinstance(errors[0], FileNotFoundError)
 
 
-def test_each_process_stages_in_subdirectories_of_its_own(tmp_path: Path) -> None:
-    """What came in: files staged and placed over three staging periods (the store's
-    rotation interval shortened to 0 s), one file still staged when its directory's
-    period ended, a leftover of a stopped server in an old subdirectory.  Each period
-    has its own subdirectory of staging/ (named after the process); emptied ones are
-    removed at the next rotation, one still holding a file is kept until it is empty;
-    clear_staging removes the leftover and the emptied directories."""
+def test_each_process_stages_in_subdirectories_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What came in: files staged and placed over several staging periods (the store's
+    period shortened to 0 s, its ring to 3 directories), one file still staged when its
+    directory's period ended, a directory handed out and used only after later turns, a
+    leftover of a stopped server in an old subdirectory.  Each period has its own
+    subdirectory of staging/ (named after the process), used again after the ring's
+    turn; none is removed while the store runs (one handed out stays usable);
+    clear_staging removes the leftover and the directories."""
+    monkeypatch.setattr(filesystem, "STAGING_DIRS", 3)
     store = FileSystemBlobStore(tmp_path)
     staging = tmp_path / "staging"
     store._staging_until = 0.0
@@ -178,18 +183,24 @@ def test_each_process_stages_in_subdirectories_of_its_own(tmp_path: Path) -> Non
     second = store.staging_dir()
     assert second != first and second.parent == staging
     assert store.staging_dir() == second  # within its period: the same directory
-    assert first.exists()  # still holds b.part
-    store.put_file("k/b.dcm", pending, fsync=False)
     store._staging_until = 0.0
     third = store.staging_dir()
-    assert not first.exists() and not second.exists()  # emptied: removed
-    assert sorted(p.name for p in staging.iterdir()) == [third.name]
+    assert len({first, second, third}) == 3
+    (second / "late.part").write_bytes(b"late")  # given out two turns ago: still there
+    store.put_file("k/late.dcm", second / "late.part", fsync=False)
+    store.put_file("k/b.dcm", pending, fsync=False)
+    store._staging_until = 0.0
+    assert store.staging_dir() == first  # the ring's turn
+    assert sorted(p.name for p in staging.iterdir()) == sorted(
+        d.name for d in (first, second, third)
+    )
     leftover = staging / "old-subdir" / "cut-short.part"
     leftover.parent.mkdir()
     leftover.write_bytes(b"partial")
     assert store.clear_staging() == 1
     assert not leftover.parent.exists()
     assert store.local_path("k/b.dcm").read_bytes() == b"b"
+    assert store.local_path("k/late.dcm").read_bytes() == b"late"
 
 
 def test_staging_is_marked_a_top_directory_where_the_filesystem_can(tmp_path: Path) -> None:

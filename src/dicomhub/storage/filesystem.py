@@ -36,8 +36,11 @@ PRESYNC_THREADS = 4
 _PRESYNC_SWEEP = 256
 #: Object directories remembered as existing (then forgotten all at once).
 _DIRS_KEPT = 4096
-#: Seconds a process stages into one subdirectory of ``staging/`` (staging_dir).
+#: Seconds a process stages into one subdirectory of ``staging/`` (staging_dir), and
+#: how many it has, in turn (objects stored and soon deleted free their inodes in the
+#: groups of several directories, not in the one a new file is created in next).
 STAGING_ROTATE = 1.0
+STAGING_DIRS = 64
 # linux/fs.h: inode flags ioctls (long-sized argument) and the top-directory flag
 _FS_IOC_GETFLAGS = 0x80086601
 _FS_IOC_SETFLAGS = 0x40086602
@@ -57,8 +60,9 @@ class FileSystemBlobStore:
         self._staging_current = self._staging
         self._staging_until = 0.0  # the first staging_dir() makes this process's own
         self._staging_pid = 0
+        self._staging_prefix = ""
         self._staging_seq = 0
-        self._staging_old: list[Path] = []
+        self._staging_lock = threading.Lock()
         self._presync_pool: ThreadPoolExecutor | None = None
         self._place_pool: ThreadPoolExecutor | None = None
         self._presynced: dict[Path, Future[None]] = {}
@@ -73,9 +77,9 @@ class FileSystemBlobStore:
         return self.objects / key
 
     def staging_dir(self) -> Path:
-        """Directory for incoming files, on the same filesystem as the objects: this
-        process's current subdirectory of ``staging/``, a new one every
-        :data:`STAGING_ROTATE` seconds.
+        """Directory for incoming files, on the same filesystem as the objects: one of
+        this process's :data:`STAGING_DIRS` subdirectories of ``staging/``, the next one
+        every :data:`STAGING_ROTATE` seconds (round and round).
 
         Why not ``staging/`` itself: a new file's inode is taken from its directory's
         block group (ext4), so one staging directory puts every object's inode in one
@@ -85,43 +89,35 @@ class FileSystemBlobStore:
         STOW-RS after deletions, measured), and where all workers' creates and renames
         take the same directory lock.  ``staging/`` is marked a top directory
         (``chattr +T``, where the filesystem supports it), so that its subdirectories,
-        and with them the objects' inodes, are spread over the block groups."""
+        and with them the objects' inodes, are spread over the block groups.  A
+        subdirectory is never removed while the process runs (a caller may still be
+        about to create a file in one it was given); :meth:`clear_staging` removes them
+        at start-up."""
         now = time.monotonic()
         if now >= self._staging_until or self._staging_pid != os.getpid():
-            self._rotate_staging(now)
+            self._next_staging_dir(now)
         return self._staging_current
 
-    def _rotate_staging(self, now: float) -> None:
-        with self._presync_lock:
-            if now < self._staging_until and self._staging_pid == os.getpid():
-                return  # another thread rotated meanwhile
-            if self._staging_pid == os.getpid() and self._staging_current != self._staging:
-                self._staging_old.append(self._staging_current)
-            else:  # a forked child: its parent's directories are not its own
-                self._staging_old = []
-            self._staging_pid = os.getpid()
+    def _next_staging_dir(self, now: float) -> None:
+        with self._staging_lock:
+            pid = os.getpid()
+            if now < self._staging_until and self._staging_pid == pid:
+                return  # another thread moved on meanwhile
+            if self._staging_pid != pid:  # this process's first (a forked child's too)
+                self._staging_pid, self._staging_seq = pid, 0
+                self._staging_prefix = f"{pid:x}-{secrets.token_hex(4)}-"
+            current = self._staging / f"{self._staging_prefix}{self._staging_seq % STAGING_DIRS}"
             self._staging_seq += 1
             self._staging_until = now + STAGING_ROTATE
-            current = self._staging / f"{os.getpid():x}-{secrets.token_hex(4)}-{self._staging_seq}"
             try:
-                current.mkdir(parents=True, exist_ok=True)
+                current.mkdir(exist_ok=True)
             except OSError as exc:
                 # staging cannot take a directory now (full disk, gone): files staged
                 # meanwhile fail where they are created, with the reason (STOW-RS 507,
-                # C-STORE 0xA700); the next rotation tries again
+                # C-STORE 0xA700); the next turn tries again
                 log.warning("cannot make a staging directory %s: %s", current, exc)
                 return
             self._staging_current = current
-            # earlier directories whose files have all been placed or removed go
-            kept = []
-            for old in self._staging_old:
-                try:
-                    old.rmdir()
-                except FileNotFoundError:
-                    pass
-                except OSError:  # files still arriving or being placed: later
-                    kept.append(old)
-            self._staging_old = kept
 
     def clear_staging(self) -> int:
         """Remove the files a stopped server left in staging (and the emptied staging
